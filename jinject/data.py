@@ -1,0 +1,166 @@
+"""Batches for the train step: task examples -> student ids, teacher ids and masks; text windows.
+
+Every batch is a pure function of (seed, step), so a resumed run sees exactly the batches an
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STREAM_TASK, STREAM_TEXT = 0, 1
+
+
+class PieceEncoder:
+    """Encodes task pieces one by one, refusing any piece that is not exactly one student token."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self._ids: dict[str, int] = {}
+
+    def __call__(self, piece: str) -> int:
+        if piece not in self._ids:
+            ids = self.tokenizer.encode(piece)
+            if len(ids) != 1:
+                raise ValueError(
+                    f"task piece {piece!r} encodes to {len(ids)} student tokens {ids}; every task symbol must be "
+                    "exactly one token. Change the task's pieces for this tokenizer (e.g. add or drop a leading "
+                    "space) or pick another model."
+                )
+            self._ids[piece] = ids[0]
+        return self._ids[piece]
+
+    def encode(self, pieces: Sequence[str]) -> list[int]:
+        return [self(p) for p in pieces]
+
+
+@dataclass(frozen=True)
+class TaskArrays:
+    """A padded, tokenised set of task examples (numpy, host side).
+
+    inputs/targets [N, T]: student ids and next-token targets; answer_mask [N, T]: positions whose target
+    is an answer piece; real_mask [N, T]: non-padding positions; teacher_ids [N, T+1]: BOS + teacher tokens.
+    """
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    answer_mask: np.ndarray
+    real_mask: np.ndarray
+    teacher_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            "inputs": self.inputs[idx],
+            "targets": self.targets[idx],
+            "answer_mask": self.answer_mask[idx],
+            "real_mask": self.real_mask[idx],
+            "teacher_ids": self.teacher_ids[idx],
+        }
+
+
+def round_up(n: int, multiple: int = 8) -> int:
+    return -(-n // multiple) * multiple
+
+
+def encode_examples(
+    examples: Sequence[Any], encoder: PieceEncoder, teacher: Any | None, seq_len: int | None = None
+) -> TaskArrays:
+    """Tokenise examples piece by piece. An example longer than `seq_len` (or than the teacher can hold)
+    is an error, never truncated: truncation silently dropped answers in the original code."""
+    if not examples:
+        raise ValueError("no examples to encode")
+    lengths = [len(e.prompt_pieces) + len(e.answer_pieces) for e in examples]
+    longest = max(lengths)
+    if teacher is not None and longest > teacher.max_seq_len:
+        worst = examples[int(np.argmax(lengths))]
+        raise ValueError(
+            f"example {worst.problem!r} needs {longest} teacher positions (+ BOS) but the teacher holds "
+            f"max_seq_len={teacher.max_seq_len}; compile the teacher with a larger max_seq_len or generate "
+            "shorter examples"
+        )
+    if seq_len is None:
+        seq_len = round_up(longest)
+    if longest > seq_len:
+        raise ValueError(f"an example has {longest} tokens but the padded length is {seq_len}")
+    n = len(examples)
+    inputs = np.zeros((n, seq_len), np.int32)
+    targets = np.zeros((n, seq_len), np.int32)
+    answer_mask = np.zeros((n, seq_len), np.float32)
+    real_mask = np.zeros((n, seq_len), np.float32)
+    pad = teacher.pad_id if teacher is not None else 0
+    teacher_ids = np.full((n, seq_len + 1), pad, np.int32)
+    for k, e in enumerate(examples):
+        ids = encoder.encode(list(e.prompt_pieces) + list(e.answer_pieces))
+        m, p = len(ids), len(e.prompt_pieces)
+        inputs[k, :m] = ids
+        targets[k, : m - 1] = ids[1:]
+        answer_mask[k, p - 1 : m - 1] = 1.0
+        real_mask[k, :m] = 1.0
+        if teacher is not None:
+            t_ids = teacher.encode(list(e.teacher_tokens))
+            if len(t_ids) != m + 1:
+                raise ValueError(
+                    f"teacher tokens of {e.problem!r} give {len(t_ids)} ids, expected {m + 1} (BOS + one per piece)"
+                )
+            teacher_ids[k, : m + 1] = t_ids
+    return TaskArrays(inputs, targets, answer_mask, real_mask, teacher_ids)
+
+
+def batch_rng(seed: int, step: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, step, stream])
+
+
+def sample_task_batch(arrays: TaskArrays, seed: int, step: int, batch_size: int) -> dict[str, np.ndarray]:
+    idx = batch_rng(seed, step, STREAM_TASK).integers(0, len(arrays), size=batch_size)
+    return arrays.take(idx)
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+
+def builtin_corpus() -> str:
+    """Real English prose that ships with Python: the documentation topics of `pydoc_data`."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+def load_corpus(path: str | None) -> str:
+    if path is None:
+        return builtin_corpus()
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"corpus file {path!r} does not exist; pass a plain-text file to --corpus")
+    text = p.read_text(encoding="utf-8", errors="replace")
+    if len(text.strip()) < 1000:
+        raise ValueError(f"corpus {path!r} has only {len(text.strip())} characters; give at least a few pages")
+    return text
+
+
+def split_corpus(text: str, heldout_fraction: float = 0.1) -> tuple[str, str]:
+    """(train, held-out) by paragraphs, deterministically: the last paragraphs are held out."""
+    paragraphs = [p for p in text.split("\n\n") if p.strip()]
+    n_held = max(1, int(len(paragraphs) * heldout_fraction))
+    return "\n\n".join(paragraphs[:-n_held]), "\n\n".join(paragraphs[-n_held:])
+
+
+class TextStream:
+    """A tokenised corpus; batches are random windows chosen by (seed, step)."""
+
+    def __init__(self, text: str, tokenizer: Any, max_chars: int = 2_000_000):
+        self.ids = np.asarray(tokenizer.encode(text[:max_chars]), np.int32)
+
+    def batch(self, seed: int, step: int, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
+        if len(self.ids) <= seq_len:
+            raise ValueError(f"the corpus has {len(self.ids)} tokens, fewer than text_seq_len={seq_len}")
+        starts = batch_rng(seed, step, STREAM_TEXT).integers(0, len(self.ids) - seq_len, size=batch_size)
+        ids = np.stack([self.ids[s : s + seq_len] for s in starts])
+        return {"text_ids": ids, "text_mask": np.ones_like(ids, np.float32)}

@@ -1,0 +1,446 @@
+"""The train loop: state, the single jit-compiled step, meshes, orbax checkpoints and resume.
+
+Python users drive it directly:
+
+    model, tokenizer = load_model("smollm2-135m")
+    teacher = compile_teacher(get_task("shuffle-dyck"))
+    state = init_state(model, teacher, config)
+    step = make_train_step(model, teacher, config)
+    state, metrics = step(state, batch)   # batch from Pipeline(...).batch(i)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jinject import objective as obj
+from jinject.config import TrainConfig
+from jinject.data import (
+    PieceEncoder,
+    TaskArrays,
+    TextStream,
+    encode_examples,
+    load_corpus,
+    sample_task_batch,
+    split_corpus,
+)
+
+State = dict[str, Any]  # {"params": nnx.State, "adapter": Adapter, "opt_state": ..., "step": int32[]}
+Batch = dict[str, Any]
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN/inf; the run stopped before that state could reach a checkpoint."""
+
+
+# ------------------------------------------------------------------------------------- mesh/shardings
+
+
+def make_mesh(config: TrainConfig, devices: list | None = None) -> Mesh:
+    """A ("data", "fsdp") mesh over the local/global devices (Auto axes: tracr's gather needs them)."""
+    devices = devices if devices is not None else jax.devices()
+    n = len(devices)
+    fsdp = config.mesh_fsdp
+    data = config.mesh_data if config.mesh_data > 0 else n // fsdp
+    if data * fsdp != n:
+        raise ValueError(f"mesh data={data} x fsdp={fsdp} does not use the {n} available devices exactly")
+    return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
+    """Shard a parameter's largest axis that divides evenly over the fsdp axis; replicate the rest."""
+    if fsdp > 1 and shape:
+        for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+            if shape[axis] % fsdp == 0:
+                spec = [None] * len(shape)
+                spec[axis] = "fsdp"
+                return P(*spec)
+    return P()
+
+
+def param_shardings(tree: Any, mesh: Mesh) -> Any:
+    fsdp = mesh.shape["fsdp"]
+    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(np.shape(x)), fsdp)), tree)
+
+
+def batch_shardings(batch: Batch, mesh: Mesh) -> Batch:
+    n = mesh.shape["data"] * mesh.shape["fsdp"]
+    for k, v in batch.items():
+        if np.shape(v)[0] % n:
+            raise ValueError(f"batch field {k!r} has {np.shape(v)[0]} rows, not divisible by the {n} devices; "
+                             "choose --batch-size (and text batch size) as a multiple of the device count")
+    return {k: NamedSharding(mesh, P(("data", "fsdp"))) for k in batch}
+
+
+# --------------------------------------------------------------------------------------------- state
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
+    return nnx.split(model)
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """AdamW with its own learning rate for the model and for the adapter (original: 1e-6 / 1e-4)."""
+
+    def adamw(lr: float) -> optax.GradientTransformation:
+        schedule = optax.linear_schedule(0.0, lr, config.warmup_steps) if config.warmup_steps else lr
+        return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay)
+
+    labels = lambda tree: {"params": jax.tree.map(lambda _: "model", tree["params"]),
+                           "adapter": jax.tree.map(lambda _: "adapter", tree["adapter"])}
+    tx = optax.multi_transform({"model": adamw(config.lr), "adapter": adamw(config.adapter_lr)}, labels)
+    if config.grad_clip:
+        tx = optax.chain(optax.clip_by_global_norm(config.grad_clip), tx)
+    return tx
+
+
+def n_adapter_maps(config: TrainConfig, teacher: Any) -> int:
+    return teacher.n_layers + 1 if config.per_layer_adapter else 1
+
+
+def init_state(model: nnx.Module, teacher: Any, config: TrainConfig) -> State:
+    """Fresh trainable state: a copy of the model's parameters, a new adapter, AdamW moments, step 0.
+
+    The copy matters: the step donates this state, while the original weights stay alive as the frozen
+    reference of the KL term.
+    """
+    _, params = split_model(model)
+    params = jax.tree.map(jnp.copy, params)
+    d_student = model.config.d_model
+    if teacher is not None:
+        adapter = obj.init_adapter(jax.random.key(config.seed), d_student, teacher.d_model,
+                                   n_adapter_maps(config, teacher))
+    else:  # the baseline carries no adapter
+        adapter = {"w": jnp.zeros((1, 1, 1)), "b": jnp.zeros((1, 1))}
+    trainable = {"params": params, "adapter": adapter}
+    return {**trainable, "opt_state": make_optimizer(config).init(trainable), "step": jnp.zeros((), jnp.int32)}
+
+
+# ---------------------------------------------------------------------------------------------- step
+
+
+def make_loss_fn(graphdef: nnx.GraphDef, teacher: Any, config: TrainConfig, n_student_layers: int) -> Callable:
+    """loss(trainable, frozen, batch) -> (total, metrics): the whole objective, pure."""
+    injected = not config.baseline
+    if injected:
+        student_index = obj.layer_map(teacher.n_layers, n_student_layers, config.layer_offset, config.layer_stride)
+        answer_dims = np.asarray(teacher.answer_dims)
+        top = teacher.n_layers
+
+    def loss_fn(trainable: dict, frozen: dict, batch: Batch) -> tuple[jax.Array, dict]:
+        student = nnx.merge(graphdef, trainable["params"])
+        metrics: dict[str, jax.Array] = {}
+        if injected:
+            adapter = trainable["adapter"]
+            with jax.default_matmul_precision("highest"):
+                resid = jax.lax.stop_gradient(teacher.residuals(frozen["teacher"], batch["teacher_ids"]))
+            basis = obj.answer_subspace_basis(adapter, answer_dims, top)
+            out = student(batch["inputs"], intervene=obj.make_intervention(basis),
+                          intervene_at=int(student_index[-1]))
+            per_layer = obj.alignment_losses(adapter, out.hidden_states, resid, student_index, batch["real_mask"])
+            align = jnp.sum(per_layer)
+            metrics["align"] = align
+            metrics["align_per_layer"] = per_layer
+        else:
+            out = student(batch["inputs"])
+            align = jnp.zeros(())
+        task = obj.answer_cross_entropy(out.logits, batch["targets"], batch["answer_mask"])
+        token_acc, exact = obj.answer_accuracy(out.logits, batch["targets"], batch["answer_mask"])
+        original = nnx.merge(graphdef, frozen["original"])
+        ref_logits = jax.lax.stop_gradient(original(batch["text_ids"]).logits)
+        kl = obj.kl_to_original(ref_logits, student(batch["text_ids"]).logits, batch["text_mask"])
+        total = task + config.kl_weight * kl + config.align_weight * align
+        metrics.update(loss=total, task=task, kl=kl, answer_acc=token_acc, exact_acc=exact)
+        return total, metrics
+
+    return loss_fn
+
+
+def make_train_step(
+    model: nnx.Module, teacher: Any, config: TrainConfig, mesh: Mesh | None = None, example_batch: Batch | None = None
+) -> Callable[[State, Batch], tuple[State, dict]]:
+    """The jitted step `step(state, batch) -> (state, metrics)`, state donated.
+
+    `model` holds the ORIGINAL weights: they become the frozen reference of the KL term. The frozen
+    arrays (original weights, teacher parameters) are arguments of the jitted function, never constants
+    baked into it. With a mesh (and an example batch to read shapes from), inputs and outputs carry
+    explicit shardings: batch over ("data", "fsdp"), parameters fully sharded over "fsdp".
+    """
+    graphdef, original = split_model(model)
+    loss_fn = make_loss_fn(graphdef, teacher, config, model.config.n_layers)
+    tx = make_optimizer(config)
+    frozen = {"original": original, "teacher": teacher.params if (teacher is not None and not config.baseline) else {}}
+
+    def step_fn(state: State, frozen: dict, batch: Batch) -> tuple[State, dict]:
+        trainable = {"params": state["params"], "adapter": state["adapter"]}
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(trainable, frozen, batch)
+        updates, opt_state = tx.update(grads, state["opt_state"], trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        new_state = {**trainable, "opt_state": opt_state, "step": state["step"] + 1}
+        return new_state, metrics
+
+    if mesh is None:
+        jitted = jax.jit(step_fn, donate_argnums=0)
+    else:
+        if example_batch is None:
+            raise ValueError("make_train_step(mesh=...) needs example_batch to derive the batch shardings")
+        state_shape = jax.eval_shape(lambda: init_state(model, teacher, config))
+        state_sh = param_shardings(state_shape, mesh)
+        frozen_sh = param_shardings(frozen, mesh)
+        batch_sh = batch_shardings(example_batch, mesh)
+        replicated = NamedSharding(mesh, P())
+        frozen = jax.device_put(frozen, frozen_sh)
+        jitted = jax.jit(step_fn, donate_argnums=0, in_shardings=(state_sh, frozen_sh, batch_sh),
+                         out_shardings=(state_sh, replicated))
+
+    def step(state: State, batch: Batch) -> tuple[State, dict]:
+        return jitted(state, frozen, batch)
+
+    step.jitted = jitted  # type: ignore[attr-defined]
+    step.frozen = frozen  # type: ignore[attr-defined]
+    return step
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+class Pipeline:
+    """Task pool + text stream for a run; `batch(step)` is deterministic in (seed, step)."""
+
+    def __init__(self, config: TrainConfig, task: Any, teacher: Any, tokenizer: Any):
+        self.config = config
+        self.encoder = PieceEncoder(tokenizer)
+        examples = task.examples("train", config.n_train, config.seed)
+        self.task_arrays: TaskArrays = encode_examples(examples, self.encoder, teacher)
+        train_text, self.heldout_text = split_corpus(load_corpus(config.corpus))
+        self.text = TextStream(train_text, tokenizer)
+
+    def batch(self, step: int) -> Batch:
+        c = self.config
+        return {**sample_task_batch(self.task_arrays, c.seed, step, c.batch_size),
+                **self.text.batch(c.seed, step, c.text_batch_size, c.text_seq_len)}
+
+
+# ----------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Run:
+    """Everything a finished (or running) training run is made of."""
+
+    config: TrainConfig
+    task: Any
+    teacher: Any
+    model: nnx.Module  # the trained student
+    tokenizer: Any
+    adapter: dict
+    step: int
+    original: nnx.Module | None = None  # the untrained model, for retention metrics
+
+    @property
+    def student_index(self) -> np.ndarray:
+        return obj.layer_map(self.teacher.n_layers, self.model.config.n_layers,
+                             self.config.layer_offset, self.config.layer_stride)
+
+
+def build(config: TrainConfig) -> tuple[Any, Any, nnx.Module, Any]:
+    """Task, teacher, the pre-trained model and its tokenizer for a config."""
+    from jinject.loading import load_model
+    from jinject.tasks import get_task
+    from jinject.teacher import compile_teacher
+
+    task = get_task(config.task)
+    teacher = compile_teacher(task, config.teacher_max_seq_len)
+    model, tokenizer = load_model(config.model, dtype=config.dtype)
+    if config.remat and hasattr(model, "set_remat"):
+        model.set_remat(True)
+    if not config.baseline:
+        obj.layer_map(teacher.n_layers, model.config.n_layers, config.layer_offset, config.layer_stride)
+    return task, teacher, model, tokenizer
+
+
+def checkpoint_manager(out: Path, config: TrainConfig):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
+    return ocp.CheckpointManager(out.resolve() / "checkpoints", options=options)
+
+
+def restore_state(manager, abstract_state: State, step: int | None = None) -> State:
+    import orbax.checkpoint as ocp
+
+    step = manager.latest_step() if step is None else step
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def _abstract(state: State) -> State:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                        state)
+
+
+def _check_finite(records: list[dict], manager, out: Path) -> None:
+    for rec in records:
+        bad = [k for k in ("loss", "task", "kl", "align") if k in rec and not math.isfinite(rec[k])]
+        if bad:
+            last = manager.latest_step()
+            where = f"the last good checkpoint (step {last}) in {out / 'checkpoints'} is intact" if last is not None \
+                else "no checkpoint had been written yet"
+            raise TrainingDiverged(
+                f"loss became non-finite at step {rec['step']} ({', '.join(f'{k}={rec[k]}' for k in bad)}); "
+                f"stopped, {where}. Try a lower --lr / --adapter-lr or --grad-clip."
+            )
+
+
+def _to_record(step: int, metrics: dict, seconds: float) -> dict:
+    rec: dict[str, Any] = {"step": step}
+    for k, v in metrics.items():
+        v = np.asarray(v)
+        rec[k] = v.tolist() if v.ndim else float(v)
+    rec["time"] = seconds
+    return rec
+
+
+def train(
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    on_step: Callable[[int, dict | None], None] | None = None,
+    progress: bool = True,
+    components: tuple | None = None,
+) -> Run:
+    """Train (or resume) a run in `out`: metrics.jsonl, config.json and orbax checkpoints live there.
+
+    Resuming needs the same config as the run in `out`; a different one is refused rather than mixed.
+    `components` = (task, teacher, model, tokenizer) skips `build(config)` (tests, notebooks).
+    `on_step(step, record_or_None)` is called after every step (record when metrics were fetched).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    if config_path.exists():
+        previous = TrainConfig.load(config_path)
+        if previous != config:
+            import dataclasses
+
+            diff = {f.name: (getattr(previous, f.name), getattr(config, f.name))
+                    for f in dataclasses.fields(config) if getattr(previous, f.name) != getattr(config, f.name)}
+            raise ValueError(f"{out} holds a run with a different config {diff} (old, new); "
+                             "use another --out or the same settings to resume")
+    else:
+        config.save(config_path)
+
+    task, teacher, model, tokenizer = components if components is not None else build(config)
+    teacher_for_step = None if config.baseline else teacher
+    pipeline = Pipeline(config, task, teacher_for_step, tokenizer)
+    mesh = make_mesh(config)
+    example = pipeline.batch(0)
+    step_fn = make_train_step(model, teacher_for_step, config, mesh=mesh, example_batch=example)
+    manager = checkpoint_manager(out, config)
+
+    state = init_state(model, teacher_for_step, config)
+    state = jax.device_put(state, param_shardings(state, mesh))
+    start = 0
+    if manager.latest_step() is not None:
+        state = restore_state(manager, _abstract(state))
+        start = int(state["step"])
+    batch_sh = batch_shardings(example, mesh)
+
+    metrics_file = open(out / "metrics.jsonl", "a")
+    pending: list[tuple[int, dict, float]] = []
+    bar = _progress_bar(config.steps, start, progress)
+    t_last = time.perf_counter()
+
+    def flush() -> None:
+        records = [_to_record(s, jax.device_get(m), dt) for s, m, dt in pending]
+        pending.clear()
+        _check_finite(records, manager, out)
+        for rec in records:
+            metrics_file.write(json.dumps(rec) + "\n")
+        metrics_file.flush()
+        if records:
+            last = records[-1]
+            bar.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "task", "kl", "align", "answer_acc") if k in last},
+                            refresh=False)
+        return records
+
+    try:
+        for i in range(start, config.steps):
+            batch = jax.device_put(pipeline.batch(i), batch_sh)
+            state, metrics = step_fn(state, batch)
+            now = time.perf_counter()
+            pending.append((i + 1, metrics, now - t_last))
+            t_last = now
+            bar.update(1)
+            done = i + 1
+            records = None
+            if done % config.log_every == 0 or done % config.checkpoint_every == 0 or done == config.steps:
+                records = flush()
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                import orbax.checkpoint as ocp
+
+                manager.save(done, args=ocp.args.StandardSave(state))
+            if on_step is not None:
+                on_step(done, records[-1] if records else None)
+        manager.wait_until_finished()
+    finally:
+        bar.close()
+        metrics_file.close()
+        manager.close()
+
+    trained = nnx.merge(nnx.graphdef(model), state["params"])
+    return Run(config, task, teacher, trained, tokenizer, jax.device_get(state["adapter"]), int(state["step"]), model)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=tty,
+                mininterval=0.5 if tty else 30.0, desc="train", unit="step")
+
+
+def load_run(out: str | Path, step: int | None = None, components: tuple | None = None) -> Run:
+    """Rebuild a run from its directory: config, task, teacher, trained model, adapter."""
+    out = Path(out)
+    if not (out / "config.json").exists():
+        raise FileNotFoundError(f"{out} is not a jinject run directory (no config.json); train one with "
+                                "`jinject train --out DIR`")
+    config = TrainConfig.load(out / "config.json")
+    task, teacher, model, tokenizer = components if components is not None else build(config)
+    manager = checkpoint_manager(out, config)
+    if manager.latest_step() is None:
+        raise FileNotFoundError(f"{out} has no checkpoint yet; wait for the first checkpoint or resume training")
+    teacher_for_state = None if config.baseline else teacher
+    template = init_state(model, teacher_for_state, config)
+    state = restore_state(manager, _abstract(template), step)
+    manager.close()
+    trained = nnx.merge(nnx.graphdef(model), state["params"])
+    return Run(config, task, teacher, trained, tokenizer, jax.device_get(state["adapter"]), int(state["step"]), model)
+
+
+def maybe_initialize_distributed() -> None:
+    """Multi-host (TPU pods, multi-node GPU): join the cluster when the environment describes one."""
+    if any(os.environ.get(v) for v in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
+                                       "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")):
+        try:
+            jax.distributed.initialize()
+        except RuntimeError as e:  # already initialised
+            if "already" not in str(e):
+                raise
