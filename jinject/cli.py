@@ -10,8 +10,39 @@ def cmd_compile(args: argparse.Namespace) -> int:
     raise NotImplementedError("jinject compile: not built yet")
 
 
+def train_config_from_args(args: argparse.Namespace):
+    from jinject.config import TrainConfig
+
+    fields = {
+        "task": args.task, "model": args.model, "baseline": args.baseline, "steps": args.steps,
+        "batch_size": args.batch_size, "text_batch_size": args.text_batch_size or args.batch_size,
+        "text_seq_len": args.text_seq_len, "n_train": args.n_train, "corpus": args.corpus, "seed": args.seed,
+        "align_weight": args.align_weight, "kl_weight": args.kl_weight, "layer_offset": args.layer_offset,
+        "layer_stride": args.layer_stride, "per_layer_adapter": args.per_layer_adapter, "lr": args.lr,
+        "adapter_lr": args.adapter_lr, "weight_decay": args.weight_decay, "warmup_steps": args.warmup_steps,
+        "grad_clip": args.grad_clip, "dtype": args.dtype, "remat": args.remat, "mesh_fsdp": args.fsdp,
+        "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
+        "teacher_max_seq_len": args.max_seq_len,
+    }
+    return TrainConfig(**fields)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    raise NotImplementedError("jinject train: not built yet")
+    from jinject.train import TrainingDiverged, maybe_initialize_distributed, train
+
+    maybe_initialize_distributed()
+    config = train_config_from_args(args)
+    out = args.out or f"runs/{config.task}-{'baseline' if config.baseline else 'injected'}-s{config.seed}"
+    print(f"jinject train: {'baseline' if config.baseline else 'injection'} run of {config.task} into "
+          f"{config.model}, {config.steps} steps -> {out}", file=sys.stderr)
+    try:
+        run = train(config, out)
+    except TrainingDiverged as e:
+        print(f"jinject train: stopped: {e}", file=sys.stderr)
+        return 1
+    print(f"jinject train: done at step {run.step}; metrics in {out}/metrics.jsonl, checkpoints in "
+          f"{out}/checkpoints. Next: jinject eval {out}", file=sys.stderr)
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -31,6 +62,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=int, default=None, help="teacher context length")
     p.add_argument("--n-check", type=int, default=200, help="random inputs checked against the oracle")
     p.set_defaults(func=cmd_compile)
+
+    from jinject.config import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="inject a task into a model (or train the baseline); resumes from --out")
+    p.add_argument("--task", required=True, help="shuffle-dyck | count | int-sum")
+    p.add_argument("--model", default=d.model, help="smollm2-135m (offline default), a HF id, or a local HF dir")
+    p.add_argument("--baseline", action="store_true", help="task + KL only: no alignment, no intervention")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--text-batch-size", type=int, default=None, help="default: --batch-size")
+    p.add_argument("--text-seq-len", type=int, default=d.text_seq_len)
+    p.add_argument("--n-train", type=int, default=d.n_train, help="size of the training example pool")
+    p.add_argument("--corpus", default=None, help="plain-text file for the KL regulariser (default: built-in)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default=None, help="run directory (resumed if it holds a run)")
+    p.add_argument("--lr", type=float, default=d.lr, help="student learning rate")
+    p.add_argument("--adapter-lr", type=float, default=d.adapter_lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--align-weight", "--multiplier", type=float, default=d.align_weight,
+                   help="λ: total = task + KL + λ·alignment")
+    p.add_argument("--kl-weight", type=float, default=d.kl_weight)
+    p.add_argument("--layer-offset", type=int, default=d.layer_offset)
+    p.add_argument("--layer-stride", type=int, default=d.layer_stride)
+    p.add_argument("--per-layer-adapter", action="store_true", help="one map per aligned layer")
+    p.add_argument("--max-seq-len", type=int, default=None, help="teacher max_seq_len (default: task's)")
+    p.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16"])
+    p.add_argument("--remat", action="store_true", help="gradient checkpointing per block")
+    p.add_argument("--fsdp", type=int, default=d.mesh_fsdp, help="devices on the fsdp mesh axis")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.set_defaults(func=cmd_train)
 
     return parser
 

@@ -135,6 +135,12 @@ def init_state(model: nnx.Module, teacher: Any, config: TrainConfig) -> State:
 # ---------------------------------------------------------------------------------------------- step
 
 
+def teacher_residuals(teacher: Any, params: Any, teacher_ids: jax.Array) -> jax.Array:
+    """The frozen teacher's residual stream, in float32 at full matmul precision (tracr needs exact sums)."""
+    with jax.default_matmul_precision("highest"):
+        return teacher.residuals(params, teacher_ids).astype(jnp.float32)
+
+
 def make_loss_fn(graphdef: nnx.GraphDef, teacher: Any, config: TrainConfig, n_student_layers: int) -> Callable:
     """loss(trainable, frozen, batch) -> (total, metrics): the whole objective, pure."""
     injected = not config.baseline
@@ -148,8 +154,10 @@ def make_loss_fn(graphdef: nnx.GraphDef, teacher: Any, config: TrainConfig, n_st
         metrics: dict[str, jax.Array] = {}
         if injected:
             adapter = trainable["adapter"]
-            with jax.default_matmul_precision("highest"):
-                resid = jax.lax.stop_gradient(teacher.residuals(frozen["teacher"], batch["teacher_ids"]))
+            if "teacher_resid" in batch:  # computed outside the step (the unfused way, for benchmarks)
+                resid = jax.lax.stop_gradient(batch["teacher_resid"])
+            else:
+                resid = jax.lax.stop_gradient(teacher_residuals(teacher, frozen["teacher"], batch["teacher_ids"]))
             basis = obj.answer_subspace_basis(adapter, answer_dims, top)
             out = student(batch["inputs"], intervene=obj.make_intervention(basis),
                           intervene_at=int(student_index[-1]))
