@@ -11,6 +11,7 @@ Python users drive it directly:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -43,6 +44,10 @@ from jinject.data import (
 
 State = dict[str, Any]  # {"params": nnx.State, "adapter": Adapter, "opt_state": ..., "step": int32[]}
 Batch = dict[str, Any]
+
+
+# Settings a resumed run may change without changing the trajectory of the steps already taken.
+RESUMABLE_CHANGES = frozenset({"steps", "log_every", "checkpoint_every", "keep_checkpoints"})
 
 
 class TrainingDiverged(RuntimeError):
@@ -277,8 +282,8 @@ def build(config: TrainConfig) -> tuple[Any, Any, nnx.Module, Any]:
     task = get_task(config.task)
     teacher = compile_teacher(task, config.teacher_max_seq_len)
     model, tokenizer = load_model(config.model, dtype=config.dtype)
-    if config.remat and hasattr(model, "set_remat"):
-        model.set_remat(True)
+    if config.remat:
+        model.config = dataclasses.replace(model.config, remat=True)
     if not config.baseline:
         obj.layer_map(teacher.n_layers, model.config.n_layers, config.layer_offset, config.layer_stride)
     return task, teacher, model, tokenizer
@@ -344,15 +349,12 @@ def train(
     config_path = out / "config.json"
     if config_path.exists():
         previous = TrainConfig.load(config_path)
-        if previous != config:
-            import dataclasses
-
-            diff = {f.name: (getattr(previous, f.name), getattr(config, f.name))
-                    for f in dataclasses.fields(config) if getattr(previous, f.name) != getattr(config, f.name)}
+        diff = {f.name: (getattr(previous, f.name), getattr(config, f.name)) for f in dataclasses.fields(config)
+                if getattr(previous, f.name) != getattr(config, f.name) and f.name not in RESUMABLE_CHANGES}
+        if diff:
             raise ValueError(f"{out} holds a run with a different config {diff} (old, new); "
-                             "use another --out or the same settings to resume")
-    else:
-        config.save(config_path)
+                             "use another --out, or the same settings to resume it")
+    config.save(config_path)
 
     task, teacher, model, tokenizer = components if components is not None else build(config)
     teacher_for_step = None if config.baseline else teacher
@@ -441,6 +443,34 @@ def load_run(out: str | Path, step: int | None = None, components: tuple | None 
     manager.close()
     trained = nnx.merge(nnx.graphdef(model), state["params"])
     return Run(config, task, teacher, trained, tokenizer, jax.device_get(state["adapter"]), int(state["step"]), model)
+
+
+def heldout_metrics(run: Run, n: int = 256, split: str = "test", batch_size: int = 32) -> dict[str, Any]:
+    """Teacher-forced answer accuracy, losses and per-layer alignment on held-out task examples."""
+    config = run.config
+    teacher = None if config.baseline else run.teacher
+    examples = run.task.examples(split, n, config.seed + 1)
+    if teacher is not None:
+        examples = [e for e in examples if len(e.prompt_pieces) + len(e.answer_pieces) <= teacher.max_seq_len]
+    arrays = encode_examples(examples, PieceEncoder(run.tokenizer), teacher)
+    text = TextStream(split_corpus(load_corpus(config.corpus))[1], run.tokenizer)
+    graphdef, params = nnx.split(run.model)
+    loss_fn = jax.jit(make_loss_fn(graphdef, teacher, config, run.model.config.n_layers))
+    frozen = {"original": nnx.split(run.original)[1] if run.original is not None else params,
+              "teacher": teacher.params if teacher is not None else {}}
+    trainable = {"params": params, "adapter": jax.tree.map(jnp.asarray, run.adapter)}
+    sums: dict[str, Any] = {}
+    n_batches = 0
+    for start in range(0, len(arrays) - batch_size + 1, batch_size):
+        batch = {**arrays.take(np.arange(start, start + batch_size)),
+                 **text.batch(config.seed + 1, n_batches, batch_size, config.text_seq_len)}
+        _, m = loss_fn(trainable, frozen, batch)
+        for k, v in jax.device_get(m).items():
+            sums[k] = sums.get(k, 0) + np.asarray(v, np.float64)
+        n_batches += 1
+    if not n_batches:
+        raise ValueError(f"need at least batch_size={batch_size} held-out examples, got {len(arrays)}")
+    return {k: (v / n_batches).tolist() for k, v in sums.items()} | {"n_examples": n_batches * batch_size}
 
 
 def maybe_initialize_distributed() -> None:
