@@ -1,0 +1,284 @@
+"""Evaluation metrics on runs with known answers.
+
+The synthetic run: a hand-written "teacher" over {a, b} (layer 0: tokens; layer 1: running parity of the
+number of a's, the answer variable; layer 2: running fraction of a's, a number) and a "student" whose hidden
+states are that teacher's residuals through an orthonormal embedding E. With the adapter A = E^T the
+student decodes at 100%; the student answers by reading the parity dimensions, so noise in the answer
+subspace breaks it while noise in a random subspace of the same dimension does not.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jinject import evaluate as ev
+from jinject.config import TrainConfig
+from jinject.data import PieceEncoder, encode_examples
+
+PIECES = ["a", "b", "=", "0", "1", "."]  # student/teacher ids 1..6; 0 = padding; 7 = teacher BOS
+ID = {p: i + 1 for i, p in enumerate(PIECES)}
+BOS = 7
+LABELS = ["one"] + [f"tokens:{p}" for p in PIECES] + ["parity:0", "parity:1", "frac_a"]
+D_T, D_S = len(LABELS), 256
+
+
+def fake_residuals(t_ids: jax.Array) -> jax.Array:
+    """[3, B, T+1, D_T]: embeddings; + running parity of a's; + running fraction of a's."""
+    onehot = jax.nn.one_hot(t_ids - 1, len(PIECES)) * (t_ids != BOS)[..., None]
+    is_a = (t_ids == ID["a"]).astype(jnp.float32)
+    count = jnp.cumsum(is_a, axis=-1)
+    parity = jax.nn.one_hot(jnp.mod(count, 2).astype(jnp.int32), 2)
+    frac = count / jnp.arange(1, t_ids.shape[-1] + 1)
+    one = jnp.ones(t_ids.shape + (1,))
+    zeros2, zeros1 = jnp.zeros_like(parity), jnp.zeros_like(one)
+    r0 = jnp.concatenate([one, onehot, zeros2, zeros1], -1)
+    r1 = jnp.concatenate([one, onehot, parity, zeros1], -1)
+    r2 = jnp.concatenate([one, onehot, parity, frac[..., None]], -1)
+    return jnp.stack([r0, r1, r2])
+
+
+class FakeTeacher:
+    n_layers, d_model, max_seq_len = 2, D_T, 8
+    labels = LABELS
+    answer_var = "parity"
+    answer_dims = np.array([7, 8])
+    pad_id, bos_id = 0, BOS
+    params: dict = {}
+
+    def residuals(self, params, ids):
+        return fake_residuals(ids)
+
+    def encode(self, tokens):
+        return [BOS] + [ID[t] for t in tokens]
+
+    def decode(self, resid):
+        resid = np.asarray(resid)
+        return {
+            "one": resid[..., 0],
+            "tokens": np.array(PIECES)[np.argmax(resid[..., 1:7], -1)],
+            "parity": np.argmax(resid[..., 7:9], -1),
+            "frac_a": resid[..., 9],
+        }
+
+
+class FakeStudent(nnx.Module):
+    """Hidden states = teacher residuals @ E (orthonormal rows); reads its answer from the parity dims."""
+
+    def __init__(self, seed: int = 0, scale: float = 1.0):
+        q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(D_S, D_T)))
+        self.E = nnx.Param(jnp.asarray(q.T * scale, jnp.float32))  # [D_T, D_S]
+        self.config = SimpleNamespace(n_layers=3, d_model=D_S)
+
+    def __call__(self, ids, intervene=None, intervene_at=None):
+        t_ids = jnp.concatenate([jnp.full((ids.shape[0], 1), BOS, ids.dtype), ids], axis=1)
+        r = fake_residuals(t_ids)[:, :, 1:]
+        e = self.E[...]
+        hidden = [r[0] @ e, r[1] @ e, r[2] @ e]
+        h = hidden[2]
+        hidden.append(h)  # block 2 is the identity
+        if intervene is not None:
+            assert intervene_at == 2
+            h = intervene(h)
+        read = h @ e.T  # back to teacher coordinates
+        logits = jnp.full(ids.shape + (8,), -10.0)
+        tok = ids  # the token identity is taken from the input; only the parity is read from h
+        is_eq = (tok == ID["="])[..., None]
+        is_ans = ((tok == ID["0"]) | (tok == ID["1"]))[..., None]
+        parity_logits = jnp.zeros(ids.shape + (8,)).at[..., ID["0"]].set(read[..., 7]).at[..., ID["1"]].set(
+            read[..., 8])
+        end_logits = jax.nn.one_hot(ID["."], 8) * 10.0
+        other = jax.nn.one_hot(ID["a"], 8) * 10.0
+        logits = jnp.where(is_eq, parity_logits * 10.0, jnp.where(is_ans, end_logits, other + logits * 0))
+        return SimpleNamespace(logits=logits, hidden_states=jnp.stack(hidden))
+
+
+@dataclass
+class Ex:
+    problem: str
+
+    @property
+    def prompt_pieces(self):
+        return tuple(self.problem) + ("=",)
+
+    @property
+    def answer_pieces(self):
+        return (str(self.problem.count("a") % 2), ".")
+
+    @property
+    def teacher_tokens(self):
+        return self.prompt_pieces + self.answer_pieces
+
+    @property
+    def prompt(self):
+        return "".join(self.prompt_pieces)
+
+    @property
+    def answer(self):
+        return "".join(self.answer_pieces)
+
+
+class FakeTask:
+    name = "parity"
+    splits = ("train", "test", "ood_long")
+
+    def examples(self, split, n, seed):
+        rng = np.random.default_rng([seed, len(split)])
+        lo, hi = (2, 6) if split != "ood_long" else (8, 12)
+        return [Ex("".join(rng.choice(["a", "b"], size=rng.integers(lo, hi + 1)))) for _ in range(n)]
+
+
+class FakeTokenizer:
+    def encode(self, text):
+        if text in ID:
+            return [ID[text]]
+        return [(ord(c) % 6) + 1 for c in text]
+
+
+_FORWARD = {}
+
+
+def fake_generate(model, prompts, max_new_tokens, stop_ids=(), **_):
+    """Plain greedy decoding without a cache, on a fixed padded length (one compilation; causal model)."""
+    if id(model) not in _FORWARD:
+        graphdef, state = nnx.split(model)
+        fn = jax.jit(lambda st, ids: nnx.merge(graphdef, st)(ids).logits)
+        _FORWARD[id(model)] = lambda ids: fn(state, ids)
+    forward = _FORWARD[id(model)]
+    outs = []
+    for p in prompts:
+        ids, new = list(p), []
+        for _ in range(max_new_tokens):
+            padded = np.zeros((1, 32), np.int32)
+            padded[0, : len(ids)] = ids
+            nxt = int(np.argmax(np.asarray(forward(padded)[0, len(ids) - 1])))
+            new.append(nxt)
+            ids.append(nxt)
+            if nxt in stop_ids:
+                break
+        outs.append(new)
+    return outs
+
+
+def identity_adapter(student: FakeStudent) -> dict:
+    w = np.asarray(student.E[...]).T  # [D_S, D_T]: E^T inverts the embedding
+    return {"w": w[None], "b": np.zeros((1, D_T), np.float32)}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    student, teacher, task = FakeStudent(), FakeTeacher(), FakeTask()
+    encoder = PieceEncoder(FakeTokenizer())
+    test = [e for e in task.examples("test", 64, 0) if ev.fits_teacher(e, teacher)]
+    arrays = encode_examples(test, encoder, teacher)
+    return student, teacher, task, encoder, arrays
+
+
+def test_variable_bookkeeping_from_labels():
+    dims = ev.variable_dims(LABELS)
+    np.testing.assert_array_equal(dims["parity"], [7, 8])
+    np.testing.assert_array_equal(dims["frac_a"], [9])
+    kinds = ev.variable_kinds(LABELS)
+    assert kinds == {"one": "numerical", "tokens": "categorical", "parity": "categorical", "frac_a": "numerical"}
+    assert ev.numeric_tolerance(np.array([0.0, 0.5, 1.0, 1.0])) == 0.25
+    assert ev.numeric_tolerance(np.array([3.0, 3.0])) == 0.5
+
+
+def test_exact_match_stops_at_end_marker():
+    end = 6
+    assert ev.exact_match([4, 6], [4, 6], end)
+    assert ev.exact_match([4, 6, 1, 1], [4, 6], end)  # what follows the end marker never counts
+    assert not ev.exact_match([5, 6], [4, 6], end)
+    assert not ev.exact_match([4, 4], [4, 6], end)  # never stopped
+    assert not ev.exact_match([4, 1, 6], [4, 6], end)
+
+
+def test_decoding_is_perfect_through_the_known_map(setup):
+    student, teacher, _, _, arrays = setup
+    res = ev.decoding_accuracy(student, teacher, identity_adapter(student), np.array([0, 1, 2]), arrays,
+                               batch_size=16)
+    v = res["variables"]
+    assert "one" not in v  # the constant direction is not a variable
+    assert v["tokens"]["per_layer"] == [1.0, 1.0, 1.0]
+    # parity is written by layer 1 and frac_a by layer 2: earlier layers are not scored
+    assert v["parity"]["per_layer"] == [None, 1.0, 1.0] and v["parity"]["first_layer"] == 1
+    assert v["frac_a"]["per_layer"] == [None, None, 1.0] and v["frac_a"]["kind"] == "numerical"
+    assert res["mean"] == 1.0
+    assert res["n_positions"] == int(arrays.real_mask.sum())
+
+
+def test_decoding_detects_a_wrong_map(setup):
+    student, teacher, _, _, arrays = setup
+    adapter = identity_adapter(student)
+    w = adapter["w"].copy()
+    w[0][:, [7, 8]] = w[0][:, [8, 7]]  # the map reads parity backwards
+    res = ev.decoding_accuracy(student, teacher, {"w": w, "b": adapter["b"]}, np.array([0, 1, 2]), arrays)
+    assert res["variables"]["parity"]["per_layer"][1:] == [0.0, 0.0]
+    assert res["variables"]["tokens"]["mean"] == 1.0
+    # a numerical variable off by more than its tolerance counts as wrong
+    shifted = {"w": adapter["w"], "b": adapter["b"] + np.eye(D_T, dtype=np.float32)[9] * 0.3}
+    res = ev.decoding_accuracy(student, teacher, shifted, np.array([0, 1, 2]), arrays)
+    frac = res["variables"]["frac_a"]
+    assert frac["tolerance"] < 0.3 and frac["final"] == 0.0
+
+
+def test_causal_test_noise_zero_is_a_no_op_and_answer_subspace_matters(setup):
+    student, teacher, task, encoder, _ = setup
+    arrays = encode_examples(task.examples("test", 200, 1), encoder, None)
+    clean = ev.teacher_forced_exact(student, arrays)
+    assert clean == 1.0
+    res = ev.causal_test(student, identity_adapter(student), teacher.answer_dims, 2, 2, arrays,
+                         norms=(0.0, 1.0, 10.0), batch_size=64)
+    assert res["dim"] == 2 and res["n"] == 200
+    assert res["answer_subspace"][0] == clean and res["random_subspace"][0] == clean
+    assert res["answer_subspace"][2] < 0.8  # the answer lives there
+    assert res["random_subspace"][2] > res["answer_subspace"][2] + 0.15
+    assert res["answer_subspace"][1] >= res["answer_subspace"][2]
+
+
+def test_generation_accuracy_and_retention(setup):
+    student, _, task, encoder, _ = setup
+    examples = task.examples("ood_long", 12, 0)  # longer than the teacher holds: fine for accuracy
+    res = ev.generation_accuracy(student, encoder, examples, batch_size=5, generate_fn=fake_generate)
+    assert res == {"accuracy": 1.0, "n": 12}
+    windows = ev.text_windows("ab=01." * 200, FakeTokenizer(), 16, 5)
+    assert windows.shape == (5, 16)
+    same = ev.retention(student, student, windows, batch_size=2)
+    assert same["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert same["ppl_original"] == pytest.approx(same["ppl_trained"])
+    other = ev.retention(student, FakeStudent(seed=1, scale=0.5), windows, batch_size=2)
+    assert other["kl"] > 1e-3 and other["ppl_original"] == pytest.approx(same["ppl_original"])
+
+
+def _fake_run(baseline: bool):
+    student = FakeStudent()
+    config = TrainConfig(task="parity", model="fake", baseline=baseline)
+    return SimpleNamespace(config=config, task=FakeTask(), teacher=FakeTeacher(), model=student,
+                           tokenizer=FakeTokenizer(), adapter=identity_adapter(student), step=7,
+                           original=student, student_index=np.array([0, 1, 2]))
+
+
+def test_evaluate_run_writes_eval_json_and_table(tmp_path, monkeypatch):
+    import jinject.generate
+
+    monkeypatch.setattr(jinject.generate, "generate", fake_generate, raising=False)
+    res = ev.evaluate_run(_fake_run(False), n_examples=10, n_decode=10, n_text_windows=2, text_seq_len=16,
+                          noise_norms=(0.0, 30.0), out=tmp_path)
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["accuracy"]["test"]["accuracy"] == 1.0 and saved["accuracy"]["ood_long"]["n"] == 10
+    assert saved["decoding"]["mean"] == 1.0
+    assert saved["causal"]["answer_subspace"][0] == 1.0
+    assert saved["retention"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    table = ev.format_table(res)
+    assert "ood_long" in table and "parity" in table and "answer subspace" in table
+
+    base = ev.evaluate_run(_fake_run(True), n_examples=6, n_text_windows=2, text_seq_len=16)
+    assert base["decoding"] is None and base["causal"] is None
+    assert "n/a (baseline" in ev.format_table(base)
