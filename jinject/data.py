@@ -52,6 +52,8 @@ class TaskArrays:
     answer_mask: np.ndarray
     real_mask: np.ndarray
     teacher_ids: np.ndarray
+    answer_index: np.ndarray  # [N, K]: the answer positions of each row (0-padded), so the step computes
+    answer_valid: np.ndarray  # [N, K]  vocabulary logits only there, not at every position
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -63,6 +65,8 @@ class TaskArrays:
             "answer_mask": self.answer_mask[idx],
             "real_mask": self.real_mask[idx],
             "teacher_ids": self.teacher_ids[idx],
+            "answer_index": self.answer_index[idx],
+            "answer_valid": self.answer_valid[idx],
         }
 
 
@@ -97,12 +101,17 @@ def encode_examples(
     real_mask = np.zeros((n, seq_len), np.float32)
     pad = teacher.pad_id if teacher is not None else 0
     teacher_ids = np.full((n, seq_len + 1), pad, np.int32)
+    k_max = max(len(e.answer_pieces) for e in examples)
+    answer_index = np.zeros((n, k_max), np.int32)
+    answer_valid = np.zeros((n, k_max), np.float32)
     for k, e in enumerate(examples):
         ids = encoder.encode(list(e.prompt_pieces) + list(e.answer_pieces))
         m, p = len(ids), len(e.prompt_pieces)
         inputs[k, :m] = ids
         targets[k, : m - 1] = ids[1:]
         answer_mask[k, p - 1 : m - 1] = 1.0
+        answer_index[k, : m - p] = np.arange(p - 1, m - 1)
+        answer_valid[k, : m - p] = 1.0
         real_mask[k, :m] = 1.0
         if teacher is not None:
             t_ids = teacher.encode(list(e.teacher_tokens))
@@ -111,7 +120,7 @@ def encode_examples(
                     f"teacher tokens of {e.problem!r} give {len(t_ids)} ids, expected {m + 1} (BOS + one per piece)"
                 )
             teacher_ids[k, : m + 1] = t_ids
-    return TaskArrays(inputs, targets, answer_mask, real_mask, teacher_ids)
+    return TaskArrays(inputs, targets, answer_mask, real_mask, teacher_ids, answer_index, answer_valid)
 
 
 def batch_rng(seed: int, step: int, stream: int) -> np.random.Generator:

@@ -146,13 +146,33 @@ def teacher_residuals(teacher: Any, params: Any, teacher_ids: jax.Array) -> jax.
         return teacher.residuals(params, teacher_ids).astype(jnp.float32)
 
 
+def answer_logits(student: nnx.Module, out: Any, batch: Batch, use_full_logits: bool = False):
+    """(logits [B, K, V], targets [B, K], valid [B, K]) at the answer positions only.
+
+    The vocabulary projection is most of the cost of a small LM's step; the task loss needs it at a few
+    answer positions, so it is applied to the gathered final residuals (XLA then drops the unused
+    full-sequence logits). When the intervention sits on the final residual itself, the recorded
+    hidden state predates it, so the full logits are gathered instead.
+    """
+    idx = batch["answer_index"]
+    targets = jnp.take_along_axis(batch["targets"], idx, axis=1)
+    if use_full_logits:
+        logits = jnp.take_along_axis(out.logits, idx[..., None], axis=1)
+    else:
+        h = jnp.take_along_axis(out.hidden_states[-1], idx[..., None], axis=1)
+        logits = student.unembed(student.final_norm(h)).astype(jnp.float32)
+    return logits, targets, batch["answer_valid"]
+
+
 def make_loss_fn(graphdef: nnx.GraphDef, teacher: Any, config: TrainConfig, n_student_layers: int) -> Callable:
     """loss(trainable, frozen, batch) -> (total, metrics): the whole objective, pure."""
     injected = not config.baseline
+    intervened_top = False
     if injected:
         student_index = obj.layer_map(teacher.n_layers, n_student_layers, config.layer_offset, config.layer_stride)
         answer_dims = np.asarray(teacher.answer_dims)
         top = teacher.n_layers
+        intervened_top = int(student_index[-1]) == n_student_layers
 
     def loss_fn(trainable: dict, frozen: dict, batch: Batch) -> tuple[jax.Array, dict]:
         student = nnx.merge(graphdef, trainable["params"])
@@ -173,8 +193,9 @@ def make_loss_fn(graphdef: nnx.GraphDef, teacher: Any, config: TrainConfig, n_st
         else:
             out = student(batch["inputs"])
             align = jnp.zeros(())
-        task = obj.answer_cross_entropy(out.logits, batch["targets"], batch["answer_mask"])
-        token_acc, exact = obj.answer_accuracy(out.logits, batch["targets"], batch["answer_mask"])
+        logits, targets, valid = answer_logits(student, out, batch, intervened_top)
+        task = obj.answer_cross_entropy(logits, targets, valid)
+        token_acc, exact = obj.answer_accuracy(logits, targets, valid)
         original = nnx.merge(graphdef, frozen["original"])
         ref_logits = jax.lax.stop_gradient(original(batch["text_ids"]).logits)
         kl = obj.kl_to_original(ref_logits, student(batch["text_ids"]).logits, batch["text_mask"])

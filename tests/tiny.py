@@ -1,0 +1,54 @@
+"""Tiny, fast components for training tests: a small tracr teacher and a tiny random student.
+
+Imported by the tests and by the subprocess workers they start (resume and multi-device tests).
+"""
+
+from __future__ import annotations
+
+import string
+from functools import cache
+
+from jinject.config import TrainConfig
+from jinject.models import ModelConfig, create_model
+from jinject.tasks import get_task
+from jinject.teacher import compile_teacher
+from jinject.tokenizer import make_test_tokenizer
+
+TASK = "shuffle-dyck"
+MAX_SEQ_LEN = 10
+
+
+@cache
+def task_and_teacher(task_name: str = TASK, max_seq_len: int = MAX_SEQ_LEN):
+    task = get_task(task_name)
+    return task, compile_teacher(task, max_seq_len)
+
+
+def task_pieces(task) -> list[str]:
+    pieces: set[str] = set()
+    for split in task.splits:
+        for e in task.examples(split, 50, 0):
+            pieces.update(e.prompt_pieces)
+            pieces.update(e.answer_pieces)
+    return sorted(pieces)
+
+
+def components(task_name: str = TASK, max_seq_len: int = MAX_SEQ_LEN, d_model: int = 32, extra_layers: int = 1,
+               family: str = "llama", seed: int = 0):
+    """(task, teacher, model, tokenizer) with a student one block deeper than the teacher."""
+    task, teacher = task_and_teacher(task_name, max_seq_len)
+    # task pieces are single tokens; letters and space let the built-in corpus tokenise char by char
+    tokenizer = make_test_tokenizer(task_pieces(task) + list(string.ascii_letters + string.digits + " .,\n"))
+    common = dict(vocab_size=tokenizer.vocab_size, d_model=d_model, n_layers=teacher.n_layers + extra_layers,
+                  n_heads=4, max_position_embeddings=128)
+    if family == "llama":
+        cfg = ModelConfig(family="llama", n_kv_heads=2, d_ff=2 * d_model, activation="silu", **common)
+    else:
+        cfg = ModelConfig(family="gpt2", **common)
+    return task, teacher, create_model(cfg, seed), tokenizer
+
+
+def config(**overrides) -> TrainConfig:
+    base = dict(task=TASK, model="tiny", teacher_max_seq_len=MAX_SEQ_LEN, steps=20, batch_size=8, text_batch_size=4,
+                text_seq_len=16, n_train=256, lr=3e-3, adapter_lr=3e-2, checkpoint_every=5, log_every=5)
+    return TrainConfig(**{**base, **overrides})
