@@ -103,21 +103,23 @@ def generation_accuracy(
     if not examples:
         return {"accuracy": None, "n": 0}
     end_id = encoder(examples[0].answer_pieces[-1])
-    correct = 0
-    outputs: list[list[int]] = []
+    prompts = [encoder.encode(e.prompt_pieces) for e in examples]
+    answers = [encoder.encode(e.answer_pieces) for e in examples]
+    order = np.argsort([len(p) for p in prompts], kind="stable")  # similar lengths batch together
+    outputs: list[list[int]] = [[] for _ in examples]
+    max_new = max(len(a) for a in answers)  # one value for every batch: one compilation per length bucket
     for sl in _batches(len(examples), batch_size):
-        chunk = examples[sl]
-        prompts = [encoder.encode(e.prompt_pieces) for e in chunk]
-        max_new = max(len(e.answer_pieces) for e in chunk)
-        gens = generate_fn(model, prompts, max_new, stop_ids=(end_id,))
-        for e, g in zip(chunk, gens, strict=True):
-            answer = encoder.encode(e.answer_pieces)
-            correct += exact_match(g, answer, end_id)
-            if return_outputs:
-                outputs.append(list(g))
-    result: dict[str, Any] = {"accuracy": correct / len(examples), "n": len(examples)}
+        rows = list(order[sl])
+        batch = [prompts[i] for i in rows]
+        batch += [batch[0]] * (batch_size - len(batch))  # constant batch shape
+        gens = generate_fn(model, batch, max_new, stop_ids=(end_id,))
+        for i, g in zip(rows, gens, strict=False):
+            outputs[i] = list(g)
+    correct = [exact_match(g, a, end_id) for g, a in zip(outputs, answers, strict=True)]
+    result: dict[str, Any] = {"accuracy": float(np.mean(correct)), "n": len(examples)}
     if return_outputs:
         result["outputs"] = outputs
+        result["correct"] = correct
     return result
 
 

@@ -282,3 +282,46 @@ def test_evaluate_run_writes_eval_json_and_table(tmp_path, monkeypatch):
     base = ev.evaluate_run(_fake_run(True), n_examples=6, n_text_windows=2, text_seq_len=16)
     assert base["decoding"] is None and base["causal"] is None
     assert "n/a (baseline" in ev.format_table(base)
+
+
+def test_plots_write_pngs(tmp_path):
+    from jinject import plots
+
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.parent.mkdir()
+    metrics.write_text("".join(json.dumps({"step": s, "loss": 2.0 / s, "task": 1.0 / s, "kl": 0.01, "align": 1.0 / s,
+                                           "answer_acc": min(1.0, s / 10)}) + "\n" for s in range(1, 11)))
+    assert [r["step"] for r in plots.read_metrics(metrics.parent)] == list(range(1, 11))
+    res = {"run": {"task": "parity", "baseline": False},
+           "accuracy": {"test": {"accuracy": 0.9, "n": 10}, "ood": {"accuracy": 0.5, "n": 10}},
+           "decoding": {"student_index": [0, 1], "variables": {"x": {"per_layer": [None, 1.0]},
+                                                                "y": {"per_layer": [0.5, 0.75]}}},
+           "causal": {"norms": [0, 5], "answer_subspace": [0.9, 0.4], "random_subspace": [0.9, 0.9], "dim": 2,
+                      "student_index": 1}}
+    written = plots.plot_eval(res, tmp_path / "plots", metrics)
+    assert {p.name for p in written} == {"training_curves.png", "accuracy.png", "decoding_accuracy.png",
+                                         "causal.png"}
+    for p in written:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    base = {**res, "run": {"baseline": True}, "accuracy": {"test": {"accuracy": 0.7, "n": 10}}}
+    fig = plots.plot_ood_accuracy({"injected": [res, res], "baseline": [base]}, tmp_path / "ood.png")
+    bars = [p.get_height() for p in fig.axes[0].patches]
+    assert bars[:2] == [0.9, 0.5] and bars[2] == 0.7 and np.isnan(bars[3])  # baseline has no "ood" split
+
+
+def test_decoded_table_and_heatmap(tmp_path):
+    from jinject import plots
+    from jinject.decoding import Decoded, format_decoded
+
+    d = Decoded(problem="ab", pieces=["a", "b", "=", "1", "."], n_prompt=3, variables=["frac_a", "parity"],
+                kinds={"frac_a": "numerical", "parity": "categorical"},
+                student={"frac_a": np.array([1.0, 0.5, 0.33, 0.25, 0.2]), "parity": np.array([1, 1, 1, 0, 1])},
+                teacher={"frac_a": np.array([1.0, 0.5, 0.33, 0.25, 0.2]), "parity": np.array([1, 1, 1, 1, 1])},
+                layer=2, student_layer=2, answer="1.", generated="1.")
+    assert d.agreement() == pytest.approx(9 / 10)
+    table = format_decoded(d)
+    assert "0*[1]" in table and "agreement with the teacher: 90.0%" in table
+    assert len(table.splitlines()) == 4 + 5 + 2
+    fig = plots.plot_decoded(d, tmp_path / "decoded.png")
+    assert (tmp_path / "decoded.png").stat().st_size > 5000
+    assert len(fig.axes[0].patches) == 1  # one red frame: the single disagreeing cell
