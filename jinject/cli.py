@@ -46,11 +46,41 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    raise NotImplementedError("jinject eval: not built yet")
+    from pathlib import Path
+
+    from jinject.evaluate import evaluate_run, format_table
+    from jinject.train import load_run
+
+    run = load_run(args.dir)
+    say = lambda msg: print(f"jinject eval: {msg} ...", file=sys.stderr, flush=True)
+    results = evaluate_run(
+        run, n_examples=args.n, n_decode=args.n_decode, n_causal=args.n_causal, n_text_windows=args.n_text,
+        text_seq_len=args.text_seq_len, noise_norms=tuple(args.noise_norms), splits=args.splits,
+        batch_size=args.batch_size, seed=args.eval_seed, out=args.dir, progress=say,
+    )
+    print(format_table(results))
+    print(f"\nwritten: {Path(args.dir) / 'eval.json'}", file=sys.stderr)
+    if not args.no_plots:
+        from jinject.plots import plot_eval
+
+        written = plot_eval(results, Path(args.dir) / "plots", Path(args.dir) / "metrics.jsonl")
+        print(f"figures: {', '.join(str(p) for p in written)}", file=sys.stderr)
+    return 0
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    raise NotImplementedError("jinject decode: not built yet")
+    from jinject.decoding import decode_problem, format_decoded
+    from jinject.train import load_run
+
+    run = load_run(args.dir)
+    decoded = decode_problem(run, args.text, layer=args.layer)
+    print(format_decoded(decoded))
+    if args.plot:
+        from jinject.plots import plot_decoded
+
+        plot_decoded(decoded, args.plot)
+        print(f"heatmap: {args.plot}", file=sys.stderr)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +126,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="accuracy (test + OOD), language retention, decoding accuracy, causal test")
+    p.add_argument("dir", help="run directory (from jinject train --out)")
+    p.add_argument("--n", type=int, default=500, help="examples per split for accuracy (original: 4000)")
+    p.add_argument("--n-decode", type=int, default=200, help="test examples for decoding accuracy")
+    p.add_argument("--n-causal", type=int, default=None, help="test examples for the causal test (default --n)")
+    p.add_argument("--n-text", type=int, default=32, help="held-out text windows for retention")
+    p.add_argument("--text-seq-len", type=int, default=64, help="tokens per held-out text window")
+    p.add_argument("--noise-norms", type=float, nargs="+", default=[0.0, 5.0, 10.0, 30.0],
+                   help="L2 norms of the causal-test noise")
+    p.add_argument("--splits", nargs="+", default=None, help="splits for accuracy (default: test + every OOD)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation examples (same for all runs)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures in DIR/plots")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("decode", help="the decoded RASP variables at every token of one problem")
+    p.add_argument("dir", help="run directory of an injected (not baseline) run")
+    p.add_argument("text", help="a problem in the task's compact form, e.g. '([)]' or 'xyxxy' or '213+391'")
+    p.add_argument("--layer", type=int, default=None, help="teacher layer to decode at (default: the top one)")
+    p.add_argument("--plot", default=None, metavar="FILE", help="also save a heatmap (PNG) of tokens x variables")
+    p.set_defaults(func=cmd_decode)
 
     return parser
 
