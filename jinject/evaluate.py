@@ -487,6 +487,7 @@ def evaluate_run(
         dec_arrays = encode_examples(fitting[:n_decode], encoder, teacher)
         results["decoding"] = decoding_accuracy(run.model, teacher, run.adapter, index, dec_arrays,
                                                 batch_size=min(batch_size, 16))
+        results["decoding"]["answer_var"] = teacher.answer_var
         say("causal test")
         n_c = n_causal if n_causal is not None else n_examples
         causal_arrays = encode_examples(test_examples[:n_c], encoder, None)

@@ -325,3 +325,59 @@ def test_decoded_table_and_heatmap(tmp_path):
     fig = plots.plot_decoded(d, tmp_path / "decoded.png")
     assert (tmp_path / "decoded.png").stat().st_size > 5000
     assert len(fig.axes[0].patches) == 1  # one red frame: the single disagreeing cell
+
+
+def _compare_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "compare.py"
+    spec = importlib.util.spec_from_file_location("jinject_compare", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_tables_mean_and_std_over_seeds(tmp_path):
+    cmp = _compare_module()
+    for name in ("cpu", "paper"):  # the presets build valid configs for every task and variant
+        preset = cmp.load_preset(name)
+        for task in preset["tasks"]:
+            for variant in cmp.VARIANTS:
+                cfg = cmp.make_config(preset, task, variant, 1)
+                assert cfg.task == task and cfg.baseline == (variant == "baseline") and cfg.seed == 1
+    assert cmp.load_preset("paper")["train"]["model"] == "gpt2-large"
+    assert cmp.make_config(cmp.load_preset("paper"), "count", "injected", 0).steps == 20000
+
+    def fake_eval(variant, seed, acc):
+        injected = variant == "injected"
+        return {"run": {"task": "parity", "baseline": not injected, "seed": seed, "step": 5},
+                "accuracy": {"test": {"accuracy": acc, "n": 10}, "ood": {"accuracy": acc / 2, "n": 10}},
+                "retention": {"ppl_original": 20.0, "ppl_trained": 21.0 + seed, "kl": 0.01, "n_tokens": 64},
+                "decoding": {"mean": 0.9, "answer_var": "p", "student_index": [0, 1],
+                             "variables": {"p": {"per_layer": [None, 0.8], "final": 0.8}}} if injected else None,
+                "causal": {"norms": [0, 5], "answer_subspace": [acc, 0.1], "random_subspace": [acc, acc],
+                           "dim": 2, "student_index": 1, "n": 10} if injected else None}
+
+    for variant, accs in (("injected", [0.8, 1.0]), ("baseline", [0.5, 0.7])):
+        for seed, acc in enumerate(accs):
+            d = cmp.run_dir(tmp_path, "parity", variant, seed)
+            d.mkdir(parents=True)
+            (d / "eval.json").write_text(json.dumps(fake_eval(variant, seed, acc)))
+    records = cmp.collect(tmp_path)
+    assert len(records) == 4
+    rows = {r["metric"]: r for r in cmp.summarise(records)}
+    test = rows["accuracy/test"]
+    assert test["injected_mean"] == pytest.approx(0.9) and test["injected_std"] == pytest.approx(np.sqrt(0.02))
+    assert test["baseline_mean"] == pytest.approx(0.6) and test["baseline_n"] == 2
+    assert rows["decoding/p (answer) at top layer"]["injected_mean"] == pytest.approx(0.8)
+    assert "baseline_mean" not in rows["causal/noise 5: answer subspace"]
+    md = cmp.write_tables(tmp_path, records, cmp.load_preset("cpu")).read_text()
+    assert "| accuracy/test | 0.900 ± 0.141 (n=2) | 0.600 ± 0.141 (n=2) |" in md
+    assert "| causal/noise 5: answer subspace | 0.100 ± 0.000 (n=2) | — |" in md
+    assert (tmp_path / "ood_parity.png").exists()
+    import csv
+
+    summary = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert {r["metric"] for r in summary} == set(rows)
+    assert len(list(csv.DictReader(open(tmp_path / "runs.csv")))) == sum(len(r["metrics"]) for r in records)

@@ -1,0 +1,262 @@
+"""Tracr injection vs baseline, for every task over several seeds: the result table of the method.
+
+    python experiments/compare.py --preset cpu            # smollm2-135m, 2-core CPU, a few hours
+    python experiments/compare.py --preset paper          # gpt2-large, 20k steps: a GPU/TPU VM
+    python experiments/compare.py --preset cpu --tasks count --seeds 0   # one slice (e.g. per machine)
+    python experiments/compare.py --preset cpu --aggregate-only          # tables from finished runs
+
+Every (task, variant, seed) trains into OUT/runs/<task>-<variant>-s<seed> (resumable: an interrupted
+command picks up where it stopped; a run whose eval.json is complete is not redone), is evaluated with
+`jinject.evaluate.evaluate_run` (same evaluation examples for all runs), and the table is rebuilt from
+every eval.json under OUT: `results.md` (mean ± std over seeds, injected next to baseline),
+`results.csv` (the same numbers, one row per task x metric), `runs.csv` (one row per run x metric) and
+one OOD-accuracy figure per task. A preset is a JSON file in experiments/presets/ (or any path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PRESETS = Path(__file__).resolve().parent / "presets"
+VARIANTS = ("injected", "baseline")
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = Path(name) if name.endswith(".json") else PRESETS / f"{name}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESETS.glob("*.json"))
+        raise SystemExit(f"compare: no preset {name!r} (known: {known}, or pass a .json path)")
+    preset = json.loads(path.read_text())
+    preset.setdefault("name", path.stem)
+    return preset
+
+
+def run_dir(out: Path, task: str, variant: str, seed: int) -> Path:
+    return out / "runs" / f"{task}-{variant}-s{seed}"
+
+
+def make_config(preset: dict[str, Any], task: str, variant: str, seed: int, steps: int | None = None):
+    from jinject.config import TrainConfig
+
+    fields = {**preset.get("train", {}), **preset.get("tasks", {}).get(task, {}), "task": task, "seed": seed,
+              "baseline": variant == "baseline"}
+    if steps is not None:
+        fields["steps"] = steps
+    return TrainConfig(**fields)
+
+
+def run_one(config: Any, directory: Path, eval_kwargs: dict[str, Any], components: tuple | None = None,
+            log=print) -> dict[str, Any]:
+    """Train (or resume) one run and evaluate it; an existing complete eval.json is reused."""
+    from jinject.evaluate import evaluate_run
+    from jinject.train import load_run, train
+
+    done = directory / "eval.json"
+    if done.exists():
+        results = json.loads(done.read_text())
+        if results.get("run", {}).get("step") == config.steps:
+            log(f"  {directory.name}: evaluated already (step {config.steps}), reused")
+            return results
+    t0 = time.perf_counter()
+    ckpt = directory / "checkpoints"
+    finished = False
+    if ckpt.exists():
+        try:
+            run = load_run(directory, components=components)
+            finished = run.step >= config.steps and run.config == config
+        except FileNotFoundError:
+            finished = False
+    if not finished:
+        run = train(config, directory, components=components, progress=sys.stderr.isatty())
+        log(f"  {directory.name}: trained {config.steps} steps in {time.perf_counter() - t0:.0f} s")
+    t1 = time.perf_counter()
+    results = evaluate_run(run, out=directory, **eval_kwargs)
+    results["run"]["train_seconds"] = round(t1 - t0, 1)
+    results["run"]["eval_seconds"] = round(time.perf_counter() - t1, 1)
+    done.write_text(json.dumps(results, indent=2) + "\n")
+    log(f"  {directory.name}: evaluated in {time.perf_counter() - t1:.0f} s")
+    return results
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+
+def flatten(results: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of one eval.json as {metric: value} (absent metrics are left out)."""
+    flat: dict[str, float] = {}
+    for split, a in results.get("accuracy", {}).items():
+        if a.get("accuracy") is not None:
+            flat[f"accuracy/{split}"] = a["accuracy"]
+    ret = results.get("retention")
+    if ret:
+        for k in ("ppl_original", "ppl_trained", "kl"):
+            flat[f"retention/{k}"] = ret[k]
+    dec = results.get("decoding")
+    if dec:
+        if dec.get("mean") is not None:
+            flat["decoding/mean over variables"] = dec["mean"]
+        finals = [v["final"] for v in dec["variables"].values() if v.get("final") is not None]
+        if finals:
+            flat["decoding/mean at top layer"] = sum(finals) / len(finals)
+        answer = dec.get("answer_var")
+        if answer in dec["variables"] and dec["variables"][answer].get("final") is not None:
+            flat[f"decoding/{answer} (answer) at top layer"] = dec["variables"][answer]["final"]
+    cau = results.get("causal")
+    if cau:
+        for n, a, r in zip(cau["norms"], cau["answer_subspace"], cau["random_subspace"], strict=True):
+            flat[f"causal/noise {n:g}: answer subspace"] = a
+            flat[f"causal/noise {n:g}: random subspace"] = r
+    return flat
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def collect(out: Path) -> list[dict[str, Any]]:
+    """Every evaluated run under OUT/runs as {task, variant, seed, step, metrics}."""
+    records = []
+    for path in sorted((out / "runs").glob("*/eval.json")):
+        res = json.loads(path.read_text())
+        r = res.get("run", {})
+        records.append({"task": r.get("task"), "variant": "baseline" if r.get("baseline") else "injected",
+                        "seed": r.get("seed"), "step": r.get("step"), "metrics": flatten(res), "eval": res})
+    return records
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (task, metric): mean, std and n per variant."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    order: list[tuple[str, str]] = []
+    for rec in records:
+        for metric in rec["metrics"]:
+            key = (rec["task"], metric)
+            if key not in rows:
+                rows[key] = {"task": rec["task"], "metric": metric}
+                order.append(key)
+    for key in order:
+        row = rows[key]
+        for variant in VARIANTS:
+            vals = [r["metrics"][key[1]] for r in records
+                    if r["task"] == key[0] and r["variant"] == variant and key[1] in r["metrics"]]
+            if vals:
+                m, s = mean_std(vals)
+                row.update({f"{variant}_mean": m, f"{variant}_std": s, f"{variant}_n": len(vals)})
+    group = {"accuracy": 0, "retention": 1, "decoding": 2, "causal": 3}
+    return sorted(rows.values(), key=lambda r: (r["task"], group.get(r["metric"].split("/")[0], 9)))
+
+
+def _cell(row: dict[str, Any], variant: str) -> str:
+    if f"{variant}_mean" not in row:
+        return "—"
+    m, s, n = row[f"{variant}_mean"], row[f"{variant}_std"], row[f"{variant}_n"]
+    digits = 2 if "ppl" in row["metric"] else 4 if row["metric"].endswith("/kl") else 3
+    return f"{m:.{digits}f} ± {s:.{digits}f} (n={n})"
+
+
+def write_tables(out: Path, records: list[dict[str, Any]], preset: dict[str, Any] | None = None) -> Path:
+    """results.md, results.csv, runs.csv and ood_<task>.png under OUT; returns the results.md path."""
+    rows = summarise(records)
+    with open(out / "results.csv", "w", newline="") as f:
+        fields = ["task", "metric"] + [f"{v}_{k}" for v in VARIANTS for k in ("mean", "std", "n")]
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in fields})
+    with open(out / "runs.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["task", "variant", "seed", "step", "metric", "value"])
+        for rec in records:
+            for k, v in rec["metrics"].items():
+                w.writerow([rec["task"], rec["variant"], rec["seed"], rec["step"], k, v])
+
+    lines = ["# jinject: tracr injection vs baseline", ""]
+    if preset:
+        lines += [f"Preset `{preset.get('name')}`: {preset.get('description', '')}", "",
+                  f"Training settings: `{json.dumps(preset.get('train', {}))}`; per task: "
+                  f"`{json.dumps(preset.get('tasks', {}))}`; evaluation: `{json.dumps(preset.get('eval', {}))}`.", ""]
+    lines += ["Mean ± sample std over seeds (n = number of runs). Accuracy: greedy exact match. Retention: "
+              "perplexity on held-out text (original model, trained model) and KL(original ‖ trained) per token. "
+              "Decoding: fraction of (position, variable) values read from the student through the adapter that "
+              "equal the teacher's, averaged over the aligned layers where the teacher holds the variable. Causal: "
+              "accuracy with noise of the given L2 norm added inside the answer subspace vs a random subspace of "
+              "the same dimension. Decoding and causal rows do not apply to the baseline (—).", ""]
+    for task in sorted({r["task"] for r in rows}):
+        seeds = sorted({rec["seed"] for rec in records if rec["task"] == task})
+        lines += [f"## {task}", "", f"seeds: {seeds}", "", "| metric | injected | baseline |", "|---|---|---|"]
+        for r in rows:
+            if r["task"] == task:
+                lines.append(f"| {r['metric']} | {_cell(r, 'injected')} | {_cell(r, 'baseline')} |")
+        lines.append("")
+        fig = _ood_figure(out, task, records)
+        if fig is not None:
+            lines += [f"![OOD accuracy, {task}]({fig.name})", ""]
+    path = out / "results.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _ood_figure(out: Path, task: str, records: list[dict[str, Any]]) -> Path | None:
+    try:
+        from jinject.plots import plot_ood_accuracy
+    except ImportError:
+        return None
+    groups = {v: [r["eval"] for r in records if r["task"] == task and r["variant"] == v] for v in VARIANTS}
+    groups = {k: v for k, v in groups.items() if v}
+    path = out / f"ood_{task}.png"
+    plot_ood_accuracy(groups, path, title=f"{task}: exact-match accuracy, injected vs baseline")
+    return path
+
+
+# -------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cpu", help="cpu | paper | path/to/preset.json")
+    parser.add_argument("--out", default=None, help="output directory (default: results/<preset>)")
+    parser.add_argument("--tasks", nargs="+", default=None, help="subset of the preset's tasks")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="override the preset's seeds")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    parser.add_argument("--model", default=None, help="override the preset's host model")
+    parser.add_argument("--aggregate-only", action="store_true", help="only rebuild the tables from eval.json files")
+    args = parser.parse_args(argv)
+
+    preset = load_preset(args.preset)
+    if args.model:
+        preset["train"] = {**preset.get("train", {}), "model": args.model}
+    out = Path(args.out or f"results/{preset['name']}")
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.aggregate_only:
+        tasks = args.tasks or list(preset.get("tasks", {}))
+        seeds = args.seeds if args.seeds is not None else preset.get("seeds", [0])
+        eval_kwargs = dict(preset.get("eval", {}))
+        if "noise_norms" in eval_kwargs:
+            eval_kwargs["noise_norms"] = tuple(float(x) for x in eval_kwargs["noise_norms"])
+        jobs = [(t, v, s) for t in tasks for s in seeds for v in args.variants]
+        print(f"compare: preset {preset['name']}, {len(jobs)} runs -> {out}")
+        for k, (task, variant, seed) in enumerate(jobs, 1):
+            config = make_config(preset, task, variant, seed, args.steps)
+            print(f"[{k}/{len(jobs)}] {task} {variant} seed {seed}: {config.model}, {config.steps} steps", flush=True)
+            run_one(config, run_dir(out, task, variant, seed), eval_kwargs)
+            write_tables(out, collect(out), preset)  # partial tables as runs finish
+    path = write_tables(out, collect(out), preset)
+    print(path.read_text())
+    print(f"compare: wrote {path}, {out / 'results.csv'}, {out / 'runs.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
