@@ -381,3 +381,23 @@ def test_compare_tables_mean_and_std_over_seeds(tmp_path):
     summary = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert {r["metric"] for r in summary} == set(rows)
     assert len(list(csv.DictReader(open(tmp_path / "runs.csv")))) == sum(len(r["metrics"]) for r in records)
+
+
+def test_generation_accuracy_with_the_real_kv_cached_generate():
+    """On a random tiny Llama, the jitted KV-cached generate and a plain argmax loop score the same answers
+    (batching sorts prompts by length and pads the last batch: neither may change a row's output)."""
+    from jinject.models import ModelConfig, create_model
+
+    cfg = ModelConfig(family="llama", vocab_size=8, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
+                      activation="silu", max_position_embeddings=64)
+    model = create_model(cfg, 3)
+    task, encoder = FakeTask(), PieceEncoder(FakeTokenizer())
+    examples = task.examples("test", 6, 0) + task.examples("ood_long", 5, 0)
+    real = ev.generation_accuracy(model, encoder, examples, batch_size=4, return_outputs=True)
+    plain = ev.generation_accuracy(model, encoder, examples, batch_size=4, generate_fn=fake_generate,
+                                   return_outputs=True)
+    assert real["outputs"] == plain["outputs"]
+    assert real["accuracy"] == plain["accuracy"]
+    # the random model's answers are scored as the exact-match rule says
+    answers = [encoder.encode(e.answer_pieces) for e in examples]
+    assert real["correct"] == [ev.exact_match(g, a, ID["."]) for g, a in zip(real["outputs"], answers, strict=True)]
