@@ -123,6 +123,49 @@ def generation_accuracy(
     return result
 
 
+def _answers_right(m: nnx.Module, ids: jax.Array, targets: jax.Array, index: jax.Array, valid: jax.Array,
+                   intervene: Callable | None, at: int | None) -> jax.Array:
+    """[B] bool: every answer token is the argmax given the right prefix.
+
+    The vocabulary projection runs only at the answer positions (gathered final residuals), unless the
+    intervention sits on the final residual itself (the recorded hidden state predates it) or the model
+    has no separate `unembed`.
+    """
+    out = m(ids, intervene=intervene, intervene_at=at if intervene is not None else None)
+    n_layers = m.config.n_layers
+    if hasattr(m, "unembed") and hasattr(m, "final_norm") and not (intervene is not None and at == n_layers):
+        h = jnp.take_along_axis(out.hidden_states[-1], index[..., None], axis=1)
+        logits = m.unembed(m.final_norm(h))
+    else:
+        logits = jnp.take_along_axis(out.logits, index[..., None], axis=1)
+    tg = jnp.take_along_axis(targets, index, axis=1)
+    correct = (jnp.argmax(logits, -1) == tg) | (valid == 0)
+    return jnp.all(correct, axis=-1)
+
+
+def _answer_arrays(arrays: TaskArrays) -> tuple[np.ndarray, np.ndarray]:
+    """(answer_index, answer_valid) [N, K] of the data pipeline, or rebuilt from answer_mask."""
+    if hasattr(arrays, "answer_index"):
+        return arrays.answer_index, arrays.answer_valid
+    k = int(arrays.answer_mask.sum(-1).max())
+    index = np.zeros((len(arrays), k), np.int32)
+    valid = np.zeros((len(arrays), k), np.float32)
+    for r, row in enumerate(arrays.answer_mask):
+        pos = np.flatnonzero(row)
+        index[r, : len(pos)], valid[r, : len(pos)] = pos, 1.0
+    return index, valid
+
+
+def _exact_over_batches(run: Callable, arrays: TaskArrays, batch_size: int, key: jax.Array, *extra: Any) -> float:
+    index, valid = _answer_arrays(arrays)
+    hits = []
+    for b, sl in enumerate(_batches(len(arrays), batch_size)):
+        rows = sl.stop - sl.start
+        cols = [_pad_rows(x[sl], batch_size) for x in (arrays.inputs, arrays.targets, index, valid)]
+        hits.append(np.asarray(run(*cols, *extra, jax.random.fold_in(key, b)))[:rows])
+    return float(np.concatenate(hits).mean())
+
+
 def teacher_forced_exact(
     model: nnx.Module,
     arrays: TaskArrays,
@@ -132,27 +175,15 @@ def teacher_forced_exact(
     intervene_at: int | None = None,
     key: jax.Array | None = None,
 ) -> float:
-    """Fraction of examples whose every answer token is the argmax given the right prefix.
+    """Fraction of examples whose every answer token is the argmax given the right prefix (the same event
+    as a greedy exact match). With `intervene(h, key) -> h` the hook gets a fresh key per batch."""
 
-    With `intervene(h, key) -> h` the intervention gets a fresh key per batch (noise for the causal test).
-    """
+    def fwd(m: nnx.Module, ids, targets, index, valid, k):
+        hook = None if intervene is None else (lambda h: intervene(h, k))
+        return _answers_right(m, ids, targets, index, valid, hook, intervene_at)
 
-    def fwd(m: nnx.Module, ids: jax.Array, targets: jax.Array, mask: jax.Array, k: jax.Array) -> jax.Array:
-        fn = None if intervene is None else (lambda h: intervene(h, k))
-        logits = m(ids, intervene=fn, intervene_at=intervene_at if fn is not None else None).logits
-        correct = (jnp.argmax(logits, -1) == targets) | (mask == 0)
-        return jnp.all(correct, axis=-1)
-
-    run = _jit_model(model, fwd)
     key = jax.random.key(0) if key is None else key
-    hits = []
-    n = len(arrays)
-    for b, sl in enumerate(_batches(n, batch_size)):
-        rows = sl.stop - sl.start
-        ids, tg, am = (_pad_rows(x[sl], batch_size) for x in (arrays.inputs, arrays.targets, arrays.answer_mask))
-        out = np.asarray(run(ids, tg, am, jax.random.fold_in(key, b)))[:rows]
-        hits.append(out)
-    return float(np.concatenate(hits).mean())
+    return _exact_over_batches(_jit_model(model, fwd), arrays, batch_size, key)
 
 
 # ---------------------------------------------------------------------------------------- retention
@@ -387,21 +418,14 @@ def causal_test(
     key = jax.random.key(seed)
     rand_basis = random_basis(jax.random.fold_in(key, 1), d, k)
 
-    def fwd(m: nnx.Module, ids, targets, mask, basis, norm, nkey):
-        logits = m(ids, intervene=lambda h: subspace_noise(h, basis, norm, nkey), intervene_at=at).logits
-        correct = (jnp.argmax(logits, -1) == targets) | (mask == 0)
-        return jnp.all(correct, axis=-1)
+    def fwd(m: nnx.Module, ids, targets, index, valid, basis, norm, nkey):
+        hook = lambda h: subspace_noise(h, basis, norm, nkey)
+        return _answers_right(m, ids, targets, index, valid, hook, at)
 
     run = _jit_model(model, fwd)
 
     def acc(basis: jax.Array, norm: float, salt: int) -> float:
-        hits = []
-        for b, sl in enumerate(_batches(len(arrays), batch_size)):
-            rows = sl.stop - sl.start
-            ids, tg, am = (_pad_rows(x[sl], batch_size) for x in (arrays.inputs, arrays.targets, arrays.answer_mask))
-            nkey = jax.random.fold_in(jax.random.fold_in(key, salt), b)
-            hits.append(np.asarray(run(ids, tg, am, basis, jnp.float32(norm), nkey))[:rows])
-        return float(np.concatenate(hits).mean())
+        return _exact_over_batches(run, arrays, batch_size, jax.random.fold_in(key, salt), basis, jnp.float32(norm))
 
     answer_acc, random_acc = [], []
     for j, norm in enumerate(norms):

@@ -401,3 +401,27 @@ def test_generation_accuracy_with_the_real_kv_cached_generate():
     # the random model's answers are scored as the exact-match rule says
     answers = [encoder.encode(e.answer_pieces) for e in examples]
     assert real["correct"] == [ev.exact_match(g, a, ID["."]) for g, a in zip(real["outputs"], answers, strict=True)]
+
+
+@pytest.mark.parametrize("at", [1, 2])  # 2 = the final residual: the full-logits path
+def test_teacher_forced_exact_on_a_real_model_matches_full_logits(at):
+    from jinject.models import ModelConfig, create_model
+
+    cfg = ModelConfig(family="gpt2", vocab_size=8, d_model=16, n_layers=2, n_heads=2, max_position_embeddings=32)
+    model = create_model(cfg, 1)
+    arrays = encode_examples(FakeTask().examples("test", 40, 3), PieceEncoder(FakeTokenizer()), None)
+    # make some answers right: targets = the model's own argmax at the first answer position
+    logits = np.asarray(model(jnp.asarray(arrays.inputs)).logits)
+    targets = arrays.targets.copy()
+    for r in range(0, 40, 2):
+        pos = np.flatnonzero(arrays.answer_mask[r])
+        targets[r, pos] = logits[r, pos].argmax(-1)
+    arrays = type(arrays)(**{**arrays.__dict__, "targets": targets})
+    right = np.all((logits.argmax(-1) == targets) | (arrays.answer_mask == 0), axis=-1)
+    assert 0.4 <= right.mean() < 1.0
+    assert ev.teacher_forced_exact(model, arrays, batch_size=16) == pytest.approx(right.mean())
+    adapter = {"w": np.asarray(jax.random.normal(jax.random.key(0), (1, 16, 6))), "b": np.zeros((1, 6))}
+    res = ev.causal_test(model, adapter, np.array([2, 3]), 0, at, arrays, norms=(0.0, 100.0), batch_size=16)
+    assert res["answer_subspace"][0] == pytest.approx(right.mean())
+    assert res["random_subspace"][0] == pytest.approx(right.mean())
+    assert res["answer_subspace"][1] < right.mean()  # huge noise where the model reads does change answers
