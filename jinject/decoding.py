@@ -60,7 +60,8 @@ def format_value(x: Any, kind: str) -> str:
 
 
 def decode_problem(run: Any, problem: str, layer: int | None = None, with_generation: bool = True) -> Decoded:
-    """Decode every variable at every token of `problem` (a compact problem string, e.g. "([)]")."""
+    """Decode every variable at every token of `problem` (a compact problem string, e.g. "([)]", or the
+    prompt text itself)."""
     if run.config.baseline:
         raise ValueError("this is a baseline run: it has no adapter, so there is nothing to decode through")
     task, teacher = run.task, run.teacher
@@ -69,6 +70,12 @@ def decode_problem(run: Any, problem: str, layer: int | None = None, with_genera
     if not 0 <= layer <= n_layers:
         raise ValueError(f"--layer must be a teacher layer in [0, {n_layers}], got {layer}")
     try:
+        try:
+            task.pieces(problem)
+        except ValueError:
+            if not hasattr(task, "parse"):
+                raise
+            problem = task.parse(problem)  # the user gave the prompt text instead of the compact problem
         prompt_pieces, answer_pieces = task.pieces(problem)
         teacher_tokens = task.teacher_tokens(problem)
         answer = task.solve(problem)
@@ -78,7 +85,7 @@ def decode_problem(run: Any, problem: str, layer: int | None = None, with_genera
     pieces = list(prompt_pieces) + list(answer_pieces)
     encoder = PieceEncoder(run.tokenizer)
     ids = np.asarray([encoder.encode(pieces)], np.int32)
-    fits = len(pieces) <= teacher.max_seq_len
+    fits = task.fits(problem, teacher.max_seq_len) if hasattr(task, "fits") else len(pieces) <= teacher.max_seq_len
     t_ids = teacher.encode(list(teacher_tokens)) if fits else [teacher.bos_id] * (teacher.max_seq_len + 1)
     t_ids = np.asarray([t_ids], np.int32)
     index = run.student_index

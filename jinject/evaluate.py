@@ -444,8 +444,22 @@ def causal_test(
 # -------------------------------------------------------------------------------------------- a run
 
 
-def fits_teacher(example: Any, teacher: Any) -> bool:
+def fits_teacher(example: Any, teacher: Any, task: Any | None = None) -> bool:
+    """Whether the teacher can run the example with its answer (length and, when the task says, vocabulary:
+    an OOD split may bring symbols the teacher never had)."""
+    if task is not None and hasattr(task, "fits"):
+        return bool(task.fits(example.problem, teacher.max_seq_len))
     return len(example.prompt_pieces) + len(example.answer_pieces) <= teacher.max_seq_len
+
+
+def split_examples(task: Any, split: str, n: int, seed: int, teacher: Any | None) -> list[Any]:
+    """`task.examples`, with train/test drawn for the run's teacher size (as training drew them)."""
+    if teacher is not None and split in ("train", "test"):
+        try:
+            return task.examples(split, n, seed, max_seq_len=teacher.max_seq_len)
+        except TypeError:  # a task whose examples() takes no max_seq_len
+            pass
+    return task.examples(split, n, seed)
 
 
 def evaluate_run(
@@ -483,7 +497,7 @@ def evaluate_run(
     test_examples = None
     for split in splits:
         say(f"accuracy on {split}")
-        examples = task.examples(split, n_examples, seed)
+        examples = split_examples(task, split, n_examples, seed, teacher)
         if split == "test":
             test_examples = examples
         accuracy[split] = generation_accuracy(run.model, encoder, examples, batch_size=batch_size)
@@ -502,8 +516,8 @@ def evaluate_run(
         results["causal"] = None
     else:
         if test_examples is None:
-            test_examples = task.examples("test", max(n_examples, n_decode), seed)
-        fitting = [e for e in test_examples if fits_teacher(e, teacher)]
+            test_examples = split_examples(task, "test", max(n_examples, n_decode), seed, teacher)
+        fitting = [e for e in test_examples if fits_teacher(e, teacher, task)]
         if not fitting:
             raise ValueError(f"no test example fits the teacher's max_seq_len={teacher.max_seq_len}")
         index = run.student_index
