@@ -1,0 +1,9 @@
+"""Tasks: problems, student pieces, teacher RASP programs, oracles and data splits.
+
+`get_task("shuffle-dyck" | "count" | "int-sum", **options)`, `rasp_task(...)` for your own program.
+"""
+
+from jinject.tasks import count, dyck, intsum  # noqa: F401  (registers the built-in tasks)
+from jinject.tasks.base import TASKS, Example, RaspTask, Task, get_task, rasp_task, register_task
+
+__all__ = ["Task", "Example", "RaspTask", "get_task", "rasp_task", "register_task", "TASKS"]

@@ -1,0 +1,197 @@
+"""shuffle-dyck: are the brackets `()[]{}` balanced (each pair's running count never negative, ends at 0)?
+
+Student text: `" ( [ ) ] ?"` -> `" yes."` / `" no."` (pieces `" ("`, ..., `" ?"`, then `" yes"`, `"."`).
+
+Teacher program (causal, all categorical except two 0/1 attention averages; 4 layers):
+
+    need, have = two query-dependent counts (tracr SelectorWidth, layer 0):
+        at a closing bracket c:  need = #c so far,        have = #partner(c) so far
+        at the marker `?`:        need = #openers so far,  have = #closers so far
+        elsewhere: need = 0
+    unmatched   = need > have                      (layer 1 MLP; True where a bracket is unmatched)
+    any_unmatched = mean over the prefix of 1, restricted to `unmatched` positions  (layer 2 attention)
+    rejected    = any_unmatched > 0.5              (layer 2 MLP)
+    answer      = at `?`: "no" if rejected else "yes"; at "yes"/"no": "."; else "_"   (layer 3 MLP)
+
+Why it is exact: a string is shuffle-balanced iff no closing bracket ever exceeds its openers (the
+first violation always happens AT a closing bracket) and, with no violation, the totals of openers and
+closers are equal (each pair has closers <= openers, so equal sums force equal pairs).
+The pairwise comparison `need > have` costs one (n+1)^2-neuron MLP; everything else is O(n).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tracr.rasp import rasp
+
+from jinject.tasks import rasp_lib
+from jinject.tasks.base import Task, register_task, split_symbols
+
+PAIRS = ("()", "[]", "{}")
+OOD_PAIR = "<>"
+
+
+def is_balanced(s: str, pairs: tuple[str, ...] = PAIRS + (OOD_PAIR,)) -> bool:
+    """Shuffle-Dyck oracle: every pair's running count never negative and zero at the end."""
+    depth = {p: 0 for p in pairs}
+    opens = {p[0]: p for p in pairs}
+    closes = {p[1]: p for p in pairs}
+    for ch in s:
+        if ch in opens:
+            depth[opens[ch]] += 1
+        elif ch in closes:
+            depth[closes[ch]] -= 1
+            if depth[closes[ch]] < 0:
+                return False
+        else:
+            raise ValueError(f"symbol {ch!r} is not a bracket of {''.join(pairs)}")
+    return all(v == 0 for v in depth.values())
+
+
+def make_dyck_program(pairs: tuple[str, ...] = PAIRS, marker: str = "?", yes: str = "yes", no: str = "no",
+                      end: str = ".", filler: str = "_") -> rasp.SOp:
+    """The causal shuffle-Dyck next-token program described in the module docstring."""
+    openers = {p[0] for p in pairs}
+    closers = {p[1] for p in pairs}
+    partner = {p[1]: p[0] for p in pairs}
+
+    def need_pred(k, q):
+        if q in partner:
+            return k == q
+        return q == marker and k in openers
+
+    def have_pred(k, q):
+        if q in partner:
+            return k == partner[q]
+        return q == marker and k in closers
+
+    tok = rasp.tokens
+    need = rasp_lib.count_where(None, "need", query_pred=need_pred)
+    have = rasp_lib.count_where(None, "have", query_pred=have_pred)
+    unmatched = rasp.categorical(rasp.SequenceMap(lambda n, h: n > h, need, have)).named("unmatched")
+    one = rasp.numerical(rasp.Map(lambda t: 1, tok)).named("one_value")
+    pick = rasp.Select(unmatched, tok, lambda k, q: k is True).named("select_unmatched")
+    any_unmatched = rasp.numerical(rasp.Aggregate(pick, one, default=0)).named("any_unmatched")
+    rejected = rasp.categorical(rasp.Map(lambda x: x > 0.5, any_unmatched)).named("rejected")
+
+    def next_token(rej, t):
+        if t == marker:
+            return no if rej else yes
+        if t in (yes, no):
+            return end
+        return filler
+
+    return rasp.categorical(rasp.SequenceMap(next_token, rejected, tok)).named("answer")
+
+
+def random_balanced(n: int, rng: np.random.Generator, pairs: tuple[str, ...]) -> str:
+    """A random shuffle-balanced string of even length n."""
+    assert n % 2 == 0
+    open_count = [0] * len(pairs)
+    out = []
+    for i in range(n):
+        left = n - i
+        unclosed = sum(open_count)
+        must_close = unclosed >= left  # == left
+        can_open = unclosed + 1 <= left - 1
+        if unclosed > 0 and (must_close or not can_open or rng.random() < 0.5):
+            choices = [j for j, c in enumerate(open_count) if c > 0]
+            j = choices[int(rng.integers(len(choices)))]
+            open_count[j] -= 1
+            out.append(pairs[j][1])
+        else:
+            j = int(rng.integers(len(pairs)))
+            open_count[j] += 1
+            out.append(pairs[j][0])
+    return "".join(out)
+
+
+class ShuffleDyck(Task):
+    """shuffle-Dyck-3. Lengths are in brackets; the teacher adds the marker and 2 answer pieces."""
+
+    name = "shuffle-dyck"
+    splits = ("train", "test", "ood-length", "ood-almost-balanced", "ood-new-pair")
+    marker = "?"
+    end_token = "."
+    end_piece = "."
+
+    def __init__(self, min_len: int = 5, max_len: int = 30, ood_max_len: int = 90, max_input_len: int = 40):
+        if not 0 <= min_len <= max_len <= max_input_len:
+            raise ValueError("need 0 <= min_len <= max_len <= max_input_len")
+        self.min_len, self.max_len, self.ood_max_len = min_len, max_len, ood_max_len
+        self.max_input_len = max_input_len
+        self.default_max_seq_len = max_input_len + 3  # symbols + marker + yes/no + end
+
+    # ---- pieces ------------------------------------------------------------------------------------
+    def symbols(self, problem: str) -> list[str]:
+        return split_symbols(problem, "".join(PAIRS + (OOD_PAIR,)), self.name)
+
+    def prompt_units(self, problem: str) -> list[tuple[str, str]]:
+        return [*((f" {s}", s) for s in self.symbols(problem)), (f" {self.marker}", self.marker)]
+
+    def answer_units(self, answer: str) -> list[tuple[str, str]]:
+        if answer not in ("yes", "no"):
+            raise ValueError(f"shuffle-dyck answers are yes/no, not {answer!r}")
+        return [(f" {answer}", answer)]
+
+    def solve(self, problem: str) -> str:
+        return "yes" if is_balanced(problem) else "no"
+
+    def parse(self, prompt: str) -> str:
+        body = prompt.rstrip()
+        if not body.endswith(self.marker):
+            raise ValueError(f"shuffle-dyck prompt must end with {self.marker!r}: {prompt!r}")
+        problem = body[: -len(self.marker)].replace(" ", "")
+        self.symbols(problem)
+        return problem
+
+    # ---- teacher -----------------------------------------------------------------------------------
+    def program(self, max_seq_len: int) -> rasp.SOp:
+        return make_dyck_program(PAIRS, self.marker, end=self.end_token, filler=self.filler)
+
+    def teacher_vocab(self) -> frozenset[str]:
+        return frozenset("".join(PAIRS)) | {self.marker, "yes", "no", self.end_token, self.filler}
+
+    # ---- data --------------------------------------------------------------------------------------
+    def _mixed(self, lo: int, hi: int, rng: np.random.Generator, pairs: tuple[str, ...]) -> str:
+        """Half balanced strings, half uniformly random bracket strings, length in [lo, hi]."""
+        if rng.random() < 0.5:
+            evens = [n for n in range(lo, hi + 1) if n % 2 == 0]
+            if evens:
+                return random_balanced(int(rng.choice(evens)), rng, pairs)
+        n = int(rng.integers(lo, hi + 1))
+        alphabet = "".join(pairs)
+        return "".join(alphabet[i] for i in rng.integers(0, len(alphabet), size=n))
+
+    def generate(self, split: str, rng: np.random.Generator) -> str:
+        if split in ("train", "test"):
+            return self._mixed(self.min_len, self.max_len, rng, PAIRS)
+        if split == "ood-length":
+            return self._mixed(self.max_len + 1, self.ood_max_len, rng, PAIRS)
+        if split == "ood-almost-balanced":  # balanced minus its last bracket: always "no"
+            evens = [n for n in range(max(self.min_len + 1, 2), self.max_len + 2) if n % 2 == 0]
+            return random_balanced(int(rng.choice(evens)), rng, PAIRS)[:-1]
+        if split == "ood-new-pair":  # strings that use the unseen pair <>
+            pairs = PAIRS + (OOD_PAIR,)
+            while True:
+                s = self._mixed(max(self.min_len, 2), self.max_len, rng, pairs)
+                if "<" in s or ">" in s:
+                    return s
+        raise ValueError(f"unknown split {split!r}")
+
+    def max_problem_len(self, split: str) -> int | None:
+        return self.max_len + 3 if split in ("train", "test") else None
+
+    def edge_cases(self, max_seq_len: int) -> list[str]:
+        n = max_seq_len - 3
+        half = n // 2
+        cases = ["", "(", ")", "()", ")(", "([)]", "())(", "(()", "{[(])}", "([{}])", "(]"]
+        cases += ["(" * n, ")" * n, "[" * n, "}" * n]
+        cases += ["(" * half + ")" * half, "[" * half + "]" * half, "{" * half + "}" * half]
+        cases += ["()" * half, "([{" * (n // 6) + "}])" * (n // 6), "([{" * (n // 6) + ")]}" * (n // 6)]
+        cases += ["(" * half + ")" * (half - 1) + "]", "(" * (half - 1) + ")" * half + "("]
+        cases += ["(" * half + ")" * half + ")", "(" * (half - 1) + "]" + ")" * (half - 1)]
+        return [c for c in cases if len(c) <= n]
+
+
+register_task("shuffle-dyck", ShuffleDyck)
