@@ -7,7 +7,34 @@ import sys
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    raise NotImplementedError("jinject compile: not built yet")
+    """Compile (or load) a task's teacher, print its size and variables, verify it against the oracle."""
+    import time
+
+    from jinject.tasks import get_task
+    from jinject.teacher import compile_teacher
+    from jinject.verify import verify_teacher
+
+    task = get_task(args.task)
+    t0 = time.perf_counter()
+    teacher = compile_teacher(task, args.max_seq_len, cache=not args.no_cache)
+    took = time.perf_counter() - t0
+    how = f"loaded from cache in {took:.2f} s" if teacher.from_cache else f"compiled in {took:.1f} s"
+    print(f"task {task.name}: {how} ({teacher.cache_path or 'not cached'})")
+    print(f"  max_seq_len {teacher.max_seq_len} tokens + BOS, layers {teacher.n_layers}, "
+          f"residual width D {teacher.d_model}, vocabulary {len(teacher.vocab)}")
+    print(f"  parameters {teacher.param_count:,} (tracr's zero-padded dense model: {teacher.tracr_param_count:,}); "
+          f"mlp_exactness {teacher.mlp_exactness:g}")
+    print(f"  answer variable {teacher.answer_var!r} ({len(teacher.answer_dims)} dims)")
+    print(f"  variables ({len(teacher.var_info)}):")
+    for v in teacher.var_info.values():
+        vals = v.values if len(v.values) <= 8 else [*v.values[:4], "...", *v.values[-2:]]
+        kind = f"categorical {len(v.values)} values {vals}" if v.categorical else "numerical"
+        print(f"    {v.name:<22} layer {v.layer}  {kind}")
+    if args.n_check <= 0:
+        return 0
+    report = verify_teacher(teacher, n_random=args.n_check, seed=args.seed)
+    print(report.summary())
+    return 0 if report.ok else 1
 
 
 def train_config_from_args(args: argparse.Namespace):
@@ -91,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", help="shuffle-dyck | count | int-sum")
     p.add_argument("--max-seq-len", type=int, default=None, help="teacher context length")
     p.add_argument("--n-check", type=int, default=200, help="random inputs checked against the oracle")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    p.add_argument("--no-cache", action="store_true", help="recompile and do not write the disk cache")
     p.set_defaults(func=cmd_compile)
 
     from jinject.config import TrainConfig
