@@ -66,9 +66,9 @@ def generate(
         state,
         jnp.asarray(tokens),
         jnp.asarray(lengths),
+        jnp.asarray([int(s) for s in stop_ids] or [-1], jnp.int32),  # traced: new stop ids don't recompile
         intervene_args,
         max_new=int(max_new_tokens),
-        stop_ids=tuple(int(s) for s in stop_ids),
         intervene=intervene,
         intervene_at=intervene_at,
         with_args=intervene_args is not None,
@@ -85,16 +85,16 @@ def generate(
     return result
 
 
-@partial(jax.jit, static_argnames=("graphdef", "max_new", "stop_ids", "intervene", "intervene_at", "with_args"))
+@partial(jax.jit, static_argnames=("graphdef", "max_new", "intervene", "intervene_at", "with_args"))
 def _generate(
     graphdef: nnx.GraphDef,
     state: nnx.State,
     tokens: jax.Array,
     lengths: jax.Array,
+    stop_ids: jax.Array,
     intervene_args: Any,
     *,
     max_new: int,
-    stop_ids: tuple[int, ...],
     intervene: Callable | None,
     intervene_at: int | None,
     with_args: bool,
@@ -117,11 +117,7 @@ def _generate(
         tokens, positions, mask, cache=cache, cache_index=0, intervene=hook, intervene_at=intervene_at
     )
     first = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
-    stop = jnp.asarray(stop_ids, jnp.int32) if stop_ids else None
     out0 = jnp.full((b, max_new), -1, jnp.int32)
-
-    def is_stop(tok: jax.Array) -> jax.Array:
-        return jnp.zeros_like(tok, bool) if stop is None else jnp.isin(tok, stop)
 
     def cond(carry):
         step, _, _, _, done = carry
@@ -130,7 +126,7 @@ def _generate(
     def body(carry):
         step, tok, cache, out, done = carry
         out = out.at[:, step].set(tok)
-        done = done | is_stop(tok)
+        done = done | jnp.isin(tok, stop_ids)
         # Feed `tok` at slot p + step (its position: length + step); needed only if another step follows.
         mask = ((slots <= p + step)[None, None, :]) & key_valid[:, None, :]
         logits, _, cache = model.forward(
