@@ -33,6 +33,7 @@ from jinject.tokenizer import Tokenizer, gpt2_tokenizer, tokenizer_from_dir, tok
 
 __all__ = [
     "load_model",
+    "load_tokenizer",
     "load_hf_dir",
     "load_gguf",
     "config_from_hf",
@@ -537,3 +538,23 @@ def load_model(name_or_path: str | os.PathLike, dtype: str = "float32", **overri
         raise FileNotFoundError(f"{name!r} is neither a Hugging Face model directory nor a .gguf file")
     repo = HUB_ALIASES.get(name, name)
     return load_hf_dir(_hub_snapshot(repo), dtype=dtype, **overrides)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
+    """Only the tokenizer of a model `load_model` accepts (no weights dequantized or read)."""
+    name = os.fspath(name_or_path)
+    if name.lower() in SMOLLM2_ALIASES or name.endswith(".gguf"):
+        import gguf
+
+        path = smollm2_gguf_path() if name.lower() in SMOLLM2_ALIASES else Path(name)
+        return tokenizer_from_gguf(_gguf_fields(gguf.GGUFReader(str(path))), name=path.stem)
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        path = _hub_snapshot(HUB_ALIASES.get(name, name))
+    hf = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+    tok = tokenizer_from_dir(path, hf)
+    if tok is None and hf.get("model_type") == "gpt2":
+        tok = gpt2_tokenizer()
+    if tok is None:
+        raise FileNotFoundError(f"{path} has no tokenizer files (tokenizer.json or vocab.json + merges.txt)")
+    return tok

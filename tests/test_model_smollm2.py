@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from jinject.generate import generate
-from jinject.loading import load_model
+from jinject.loading import load_model, load_tokenizer
 
 # Ordinary prose written for this test (not project text).
 PROSE = (
@@ -55,6 +55,7 @@ def test_tokenizer_recipe(smollm2):
     assert pieces == ["Ġ", "2", "1", "3", "Ġ+", "Ġ", "3", "9", "1", "Ġ="]
     assert len(tok.encode(" x y x")) == 3
     assert tok.encode("<|im_start|>") == [1]  # control tokens are single special tokens
+    assert load_tokenizer("smollm2-135m").encode(PROSE) == tok.encode(PROSE)
 
 
 def test_perplexity_real_vs_shuffled(smollm2):

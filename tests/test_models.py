@@ -24,7 +24,7 @@ from tokenizers import models as tk_models
 from jinject import loading
 from jinject.export import export_model
 from jinject.generate import generate
-from jinject.loading import load_model, params_from_state_dict, state_dict_from_model
+from jinject.loading import load_model, load_tokenizer, params_from_state_dict, state_dict_from_model
 from jinject.models import ModelConfig, abstract_model, create_model
 from jinject.tokenizer import Tokenizer, gpt2_tokenizer, make_test_tokenizer
 
@@ -60,6 +60,7 @@ def test_asset_features():
     assert cfgs["llama_mqa_tied"].head_size * cfgs["llama_mqa_tied"].n_heads != cfgs["llama_mqa_tied"].d_model
     for n in NAMES:
         assert (ASSETS / n / "model.safetensors").stat().st_size < 64_000
+        assert load_tokenizer(ASSETS / n).encode("abc") == load_model(ASSETS / n)[1].encode("abc")
 
 
 def _layer_norm(x, scale, bias, eps):
@@ -154,8 +155,9 @@ def test_config_validation():
         ModelConfig("llama", 10, 8, 1, 3, 8, d_ff=8, n_kv_heads=2)
     with pytest.raises(ValueError):
         ModelConfig("gpt2", 10, 8, 1, 2, 8, dtype="float16")
-    cfg = ModelConfig("llama", 10, 8, 1, 2, 8, d_ff=8, activation="silu")
-    assert hash(cfg) == hash(ModelConfig.from_dict(cfg.to_dict()))
+    cfg = ModelConfig("llama", 10, 8, 1, 2, 8, d_ff=8)
+    assert cfg.activation == "silu" and ModelConfig("gpt2", 10, 8, 1, 2, 8).activation == "gelu_new"
+    assert cfg == ModelConfig.from_dict(cfg.to_dict()) and hash(cfg) == hash(ModelConfig.from_dict(cfg.to_dict()))
 
 
 def test_conversion_errors():

@@ -30,7 +30,7 @@ class ModelConfig:
     n_kv_heads: int | None = None  # grouped-query attention (llama); default n_heads
     head_dim: int | None = None  # default d_model // n_heads
     norm_eps: float = 1e-5
-    activation: str = "gelu_new"  # gpt2: gelu_new | gelu | relu ; llama: silu (SwiGLU)
+    activation: str | None = None  # default by family: gpt2 "gelu_new" (also gelu, relu); llama "silu"
     rope_theta: float = 10000.0
     tie_embeddings: bool = True
     attention_bias: bool = False  # llama only (gpt2 always has biases)
@@ -44,6 +44,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.activation is None:  # resolved here so equal models always have equal configs
+            object.__setattr__(self, "activation", "gelu_new" if self.family == "gpt2" else "silu")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
