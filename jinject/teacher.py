@@ -43,7 +43,7 @@ from tracr.rasp import rasp
 
 from jinject.tasks import Task, get_task, rasp_lib
 
-__all__ = ["Teacher", "VarInfo", "compile_teacher", "cache_dir", "BOS", "PAD"]
+__all__ = ["Teacher", "VarInfo", "compile_teacher", "teacher_fingerprint", "cache_dir", "BOS", "PAD"]
 
 FORMAT_VERSION = 1
 BOS = "<bos>"
@@ -229,8 +229,8 @@ class Teacher:
         toks = list(self.task.prompt_teacher_tokens(prompt))
         if with_answer:
             toks += self._generate([toks])[0]
-        dec = self.variables_from_ids(self.batch([toks]))
-        return {k: v[0, 1:].tolist() for k, v in dec.items()}
+        dec = self.variables_from_ids(self.batch([toks], length=self.n_positions))
+        return {k: v[0, 1: len(toks) + 1].tolist() for k, v in dec.items()}
 
     def _generate(self, prompts: Sequence[Sequence[str]], max_new: int | None = None) -> list[list[str]]:
         """Greedy answer tokens (end marker excluded) for teacher-token prompts, batched."""
@@ -254,21 +254,24 @@ class Teacher:
                 seqs[i].append(nxt)
                 outs[i].append(nxt)
             for i in range(len(seqs)):
-                if len(seqs[i]) >= self.max_seq_len:
-                    done[i] = True
+                if not done[i] and len(seqs[i]) >= self.max_seq_len:
+                    raise ValueError(
+                        f"{self.task.name}: the answer does not fit in max_seq_len={self.max_seq_len} "
+                        f"(no end marker after {len(outs[i])} answer tokens); compile a larger teacher"
+                    )
         return outs
 
     def answer(self, prompt: str) -> str:
         """Run the compiled model greedily on a prompt text and decode its (semantic) answer."""
-        toks = self.task.prompt_teacher_tokens(prompt)
-        self.task.check_teacher_tokens(toks, self.max_seq_len)
-        return self.task.answer_from_tokens(self._generate([toks])[0])
+        return self.answers([prompt])[0]
 
     def answers(self, prompts: Sequence[str]) -> list[str]:
         """`answer` for many prompts in one batch per decoding step."""
-        toks = [self.task.prompt_teacher_tokens(p) for p in prompts]
-        for t in toks:
-            self.task.check_teacher_tokens(t, self.max_seq_len)
+        toks = []
+        for p in prompts:
+            problem = self.task.parse(p)
+            self.task.check_teacher_tokens(self.task.teacher_tokens(problem), self.max_seq_len)  # with answer
+            toks.append(tuple(t for _, t in self.task.prompt_units(problem)))
         return [self.task.answer_from_tokens(o) for o in self._generate(toks)]
 
     def describe(self) -> str:
@@ -432,6 +435,31 @@ def _compile(task: Task, program: rasp.SOp, max_seq_len: int, mlp_exactness: flo
     }
 
 
+def _prepare(task: Task, max_seq_len: int | None):
+    """Canonical program, tracr graph with inferred value sets, and the cache key."""
+    from tracr.compiler import basis_inference, rasp_to_graph
+
+    n = int(max_seq_len or task.default_max_seq_len)
+    if n < 1:
+        raise ValueError(f"max_seq_len must be positive, got {n}")
+    program = rasp_lib.canonicalize(task.program(n))
+    vocab = set(task.teacher_vocab())
+    if BOS in vocab or PAD in vocab:
+        raise ValueError(f"the teacher vocabulary must not contain {BOS!r} or {PAD!r}")
+    exactness = task.mlp_exactness(n)
+    extracted = rasp_to_graph.extract_rasp_graph(program)
+    basis_inference.infer_bases(extracted.graph, extracted.sink, vocab, n)
+    key = _fingerprint(extracted.graph, program, vocab, n, exactness)
+    return n, program, exactness, extracted, key
+
+
+def teacher_fingerprint(task: Task | str, max_seq_len: int | None = None) -> str:
+    """The cache key `compile_teacher` would use (program truth tables, vocab, sizes, versions)."""
+    if isinstance(task, str):
+        task = get_task(task)
+    return _prepare(task, max_seq_len)[-1]
+
+
 def compile_teacher(
     task: Task | str,
     max_seq_len: int | None = None,
@@ -445,23 +473,10 @@ def compile_teacher(
     `max_seq_len` (default `task.default_max_seq_len`) counts teacher tokens without the BOS.
     `cache_path` overrides the cache directory (`$JINJECT_CACHE` or `~/.cache/jinject/teachers`).
     """
-    from tracr.compiler import basis_inference, rasp_to_graph
-
     if isinstance(task, str):
         task = get_task(task)
-    n = int(max_seq_len or task.default_max_seq_len)
-    if n < 1:
-        raise ValueError(f"max_seq_len must be positive, got {n}")
     t0 = time.perf_counter()
-    program = rasp_lib.canonicalize(task.program(n))
-    vocab = set(task.teacher_vocab())
-    if BOS in vocab or PAD in vocab:
-        raise ValueError(f"the teacher vocabulary must not contain {BOS!r} or {PAD!r}")
-    exactness = task.mlp_exactness(n)
-    extracted = rasp_to_graph.extract_rasp_graph(program)
-    graph, sink = extracted.graph, extracted.sink
-    basis_inference.infer_bases(graph, sink, vocab, n)
-    key = _fingerprint(graph, program, vocab, n, exactness)
+    n, program, exactness, extracted, key = _prepare(task, max_seq_len)
     directory = Path(cache_path) if cache_path is not None else cache_dir()
     path = directory / f"{task.name}-n{n}-{key[:16]}.pkl"
     if cache and path.exists():

@@ -184,7 +184,7 @@ class Task:
                 )
         if len(tokens) > max_seq_len:
             raise ValueError(
-                f"{self.name}: input needs {len(tokens)} teacher positions (BOS not counted) but this "
+                f"{self.name}: {len(tokens)} teacher positions needed (prompt + answer, BOS not counted) but this "
                 f"teacher holds at most max_seq_len={max_seq_len}; compile a larger one with "
                 f"compile_teacher(task, max_seq_len={len(tokens)})"
             )
@@ -306,6 +306,7 @@ class RaspTask(Task):
         self._mlp_exactness = mlp_exactness
         self._multichar = any(len(s) != 1 for s in self.symbol_set)
         self._oracle_program: rasp.SOp | None = None
+        self._solved: dict[str, str] = {}
 
     def program(self, max_seq_len: int) -> rasp.SOp:
         prog = self._program(max_seq_len) if callable(self._program) and not isinstance(
@@ -340,6 +341,11 @@ class RaspTask(Task):
         return (" " if self._multichar else "").join(tokens)
 
     def solve(self, problem: str) -> str:
+        if problem not in self._solved:
+            self._solved[problem] = self._solve(problem)
+        return self._solved[problem]
+
+    def _solve(self, problem: str) -> str:
         if self._oracle_program is None:
             self._oracle_program = self.program(self.default_max_seq_len)
         toks = [t for _, t in self.prompt_units(problem)]
