@@ -270,6 +270,9 @@ class Teacher:
         toks = []
         for p in prompts:
             problem = self.task.parse(p)
+            limit = self.task.teacher_limit(problem)
+            if limit:
+                raise ValueError(limit)
             self.task.check_teacher_tokens(self.task.teacher_tokens(problem), self.max_seq_len)  # with answer
             toks.append(tuple(t for _, t in self.task.prompt_units(problem)))
         return [self.task.answer_from_tokens(o) for o in self._generate(toks)]

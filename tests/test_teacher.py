@@ -100,6 +100,9 @@ def test_intsum_equals_is_the_marker_and_answer_holds_the_digits(teachers):
         assert "".join(ans[m: m + len(digits)]) == digits and ans[m + len(digits)] == "."
         assert t.answer(ex.prompt) == digits
         assert t.variables(ex.prompt)["answer"][-1] == digits[0]
+    assert not task.fits("1000+1", t.max_seq_len)  # short enough, but 4 digits: refused, not wrong
+    with pytest.raises(ValueError, match="up to 3 digits"):
+        t.answer("1000 + 1 =")
 
 
 def test_answer_variables_and_decode(teachers):

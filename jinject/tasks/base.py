@@ -126,6 +126,10 @@ class Task:
         """Largest number of teacher tokens a problem of `split` can need (None: unknown)."""
         return None
 
+    def teacher_limit(self, problem: str) -> str | None:
+        """Why the teacher program cannot handle `problem` whatever its size (None: it can)."""
+        return None
+
     def mlp_exactness(self, max_seq_len: int) -> float:
         """tracr's `mlp_exactness`. SelectorWidth needs L >= 2n(n+1) to tell 1/n from 1/(n+1) apart."""
         n = max_seq_len
@@ -172,7 +176,7 @@ class Task:
     def fits(self, problem: str, max_seq_len: int) -> bool:
         """Whether a teacher of this size and vocabulary can hold the problem with its answer."""
         toks = self.teacher_tokens(problem)
-        return len(toks) <= max_seq_len and set(toks) <= self.teacher_vocab()
+        return len(toks) <= max_seq_len and set(toks) <= self.teacher_vocab() and not self.teacher_limit(problem)
 
     def check_teacher_tokens(self, tokens: Sequence[str], max_seq_len: int) -> None:
         """Raise a clear ValueError if a teacher of this size cannot encode `tokens`."""

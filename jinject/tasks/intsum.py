@@ -192,6 +192,15 @@ class IntSum(Task):
     def teacher_vocab(self) -> frozenset[str]:
         return frozenset({*DIGITS, "+", self.marker, self.end_token, self.filler})
 
+    def teacher_limit(self, problem: str) -> str | None:
+        a, b = self._operands(problem)
+        if "." in a + b:
+            return "the int-sum teacher adds integers; decimal problems are for evaluating the student"
+        if max(len(a), len(b)) > self.n_digits:
+            return (f"the int-sum teacher adds operands of up to {self.n_digits} digits; "
+                    f"use get_task('int-sum', n_digits={max(len(a), len(b))})")
+        return None
+
     def mlp_exactness(self, max_seq_len: int) -> float:
         return 100.0  # no numerical MLPs and no SelectorWidth
 
