@@ -2,7 +2,8 @@
 
 For one problem, the student runs on its prompt followed by the oracle answer (teacher-forced, as in
 training); at the aligned layer chosen (default: the top one, where the teacher holds every variable) the
-adapter maps each token's hidden state to teacher space and the teacher's decoder reads every variable.
+adapter maps each token's hidden state to teacher space (divided by its length in teacher units, which
+the cosine objective leaves free) and the teacher's decoder reads every variable.
 Beside it stands the teacher's own value at that layer, so a researcher sees where the student agrees.
 """
 
@@ -15,7 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jinject.data import PieceEncoder
-from jinject.evaluate import SKIP_VARIABLES, mapped_and_teacher, variable_kinds
+from jinject.evaluate import SKIP_VARIABLES, mapped_and_teacher, structural_scale, variable_kinds
+
+
+def structural_calibrated(teacher: Any, mapped: np.ndarray, layer: int) -> np.ndarray:
+    """A·h divided by its length in teacher units (the cosine objective leaves it free; see evaluate)."""
+    return mapped / structural_scale(teacher, mapped, layer)[..., None]
+
+
+NUMERIC_DISPLAY_TOL = 0.1
 
 
 @dataclass
@@ -45,8 +54,8 @@ class Decoded:
 
 
 def _same(a: Any, b: Any, kind: str) -> bool:
-    if kind == "numerical":
-        return bool(abs(float(a) - float(b)) < 0.05 * max(1.0, abs(float(b))))
+    if kind == "numerical":  # display rule: within 10% of max(|true|, 1)
+        return bool(abs(float(a) - float(b)) < NUMERIC_DISPLAY_TOL * max(1.0, abs(float(b))))
     return bool(a == b)
 
 
@@ -98,7 +107,7 @@ def decode_problem(run: Any, problem: str, layer: int | None = None, with_genera
         hidden = run.model(jnp.asarray(ids)).hidden_states
         mapped = np.asarray(adapter_apply(run.adapter, hidden[int(index[layer])], layer))[0]
         resid = None
-    s_vals = teacher.decode(mapped)
+    s_vals = teacher.decode(structural_calibrated(teacher, mapped, layer))
     t_vals = teacher.decode(resid) if resid is not None else None
     variables = [v for v in sorted(s_vals) if v not in SKIP_VARIABLES]
     kinds_all = variable_kinds(teacher.labels)
@@ -151,6 +160,7 @@ def format_decoded(d: Decoded, max_width: int = 10) -> str:
         lines.append(row)
     agree = d.agreement()
     if agree is not None:
-        lines.append(f"agreement with the teacher: {agree:.1%} of cells ('*' = differs; teacher's value in [])")
+        lines.append(f"agreement with the teacher: {agree:.1%} of cells ('*' = differs, numbers by more than "
+                     f"{NUMERIC_DISPLAY_TOL:.0%} of max(|value|, 1); the teacher's value in [])")
     lines.append("'|' marks the first answer token (teacher-forced with the oracle's answer)")
     return "\n".join(lines)

@@ -9,9 +9,13 @@ The four measurements of DESIGN.md §1 (Evaluation):
 - **decoding**: every RASP variable read from the student through the adapter at every aligned layer
   (`teacher.decode(A_i h_{student_index[i]})`) against the teacher's own value at that layer
   (`teacher.decode(r_i)`), at every real position of held-out examples the teacher can hold. A variable
-  is scored only at layers where the teacher has already written it (its residual dimensions are non-zero
-  somewhere at that layer): before that layer there is nothing to read, and the argmax of a zero block
-  would be scored against an arbitrary value.
+  is scored only from the layer that writes it on (`teacher.var_info[v].layer`; for a teacher without
+  it, the first layer where its residual dimensions are non-zero): before that there is nothing to read.
+  The cosine objective leaves the length of A·h free, so each mapped vector is first divided by its
+  length in teacher units, estimated from the structure of tracr residuals (`structural_scale`). Categorical: the same
+  value (an empty one-hot reads as None on both sides); numerical: the decoded number is nearer to the
+  true value than to any other value the variable takes on the held-out set (values read to 3 decimals);
+  the mean absolute error is reported too.
 - **causal**: noise of a fixed L2 norm added at every position of the student residual where training
   intervened (hidden index `student_index[-1]`), inside the answer subspace (the row space of the adapter
   restricted to the answer dimensions) vs inside a random subspace of the same dimension. Accuracy here
@@ -258,20 +262,30 @@ def variable_kinds(labels: Sequence[str]) -> dict[str, str]:
     return kinds
 
 
-def numeric_tolerance(true_values: np.ndarray) -> float:
-    """Half the smallest spacing between distinct true values (floor 1e-3; 0.5 if only one value).
-
-    A decoded number within it is closer to the right value than to any other value seen.
-    """
-    vals = np.unique(np.round(np.asarray(true_values, np.float64), 9))
-    if len(vals) < 2:
-        return 0.5
-    return max(0.5 * float(np.min(np.diff(vals))), 1e-3)
+NUMERIC_DECIMALS = 3  # tracr's numerical MLPs leave ~1e-6 noise: true values are read to 3 decimals
 
 
-def _values_equal(a: np.ndarray, b: np.ndarray, kind: str, tol: float) -> np.ndarray:
+def value_grid(true_values: np.ndarray) -> np.ndarray:
+    """The distinct values a numerical variable takes (rounded to `NUMERIC_DECIMALS`), sorted."""
+    return np.unique(np.round(np.asarray(true_values, np.float64), NUMERIC_DECIMALS))
+
+
+def nearest(grid: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Index of the grid value nearest to each x."""
+    x = np.asarray(x, np.float64)
+    if len(grid) == 1:  # a constant: its neighbours are taken to lie max(|v|, 1) away on either side
+        v = grid[0]
+        return np.where(np.abs(x - v) < 0.5 * max(abs(v), 1.0), 0, -1)
+    i = np.clip(np.searchsorted(grid, x), 1, len(grid) - 1)
+    left, right = grid[i - 1], grid[i]
+    return np.where(np.abs(x - left) <= np.abs(right - x), i - 1, i)
+
+
+def _values_equal(a: np.ndarray, b: np.ndarray, kind: str, grid: np.ndarray | None) -> np.ndarray:
+    """Categorical: the same value. Numerical: the decoded number is nearer to the true value than to any
+    other value the variable takes (snap both to the grid of true values)."""
     if kind == "numerical":
-        return np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)) < tol
+        return nearest(grid, a) == nearest(grid, b)
     return np.asarray(a == b, bool)
 
 
@@ -281,8 +295,15 @@ class DecodingCollector:
     def __init__(self, teacher: Any, n_layers: int):
         self.teacher = teacher
         self.n_layers = n_layers
-        self.dims = variable_dims(teacher.labels)
-        self.kinds = variable_kinds(teacher.labels)
+        info = getattr(teacher, "var_info", None)
+        if info:  # the teacher knows its variables: dims, encoding, and the layer that writes each
+            self.dims = {k: np.asarray(v.dims) for k, v in info.items()}
+            self.kinds = {k: v.encoding for k, v in info.items()}
+            self.first_layer = {k: int(v.layer) for k, v in info.items()}
+        else:  # read them off tracr's labels; the first layer is then found from the residuals
+            self.dims = variable_dims(teacher.labels)
+            self.kinds = variable_kinds(teacher.labels)
+            self.first_layer = {}
         self.student: dict[str, list[list[np.ndarray]]] = {}
         self.truth: dict[str, list[list[np.ndarray]]] = {}
         self.present: dict[str, np.ndarray] = {}
@@ -301,7 +322,9 @@ class DecodingCollector:
                 self.student.setdefault(var, [[] for _ in range(self.n_layers)])[i].append(np.asarray(dm[var]))
                 self.truth.setdefault(var, [[] for _ in range(self.n_layers)])[i].append(np.asarray(tv))
                 present = self.present.setdefault(var, np.zeros(self.n_layers, bool))
-                if var in self.dims and r.size:
+                if var in self.first_layer:
+                    present[i] = i >= self.first_layer[var]
+                elif var in self.dims and r.size:
                     present[i] |= bool(np.any(np.abs(r[:, self.dims[var]]) > 1e-6))
                 elif var not in self.dims:
                     present[i] = True
@@ -311,14 +334,21 @@ class DecodingCollector:
         for var in self.truth:
             kind = self.kinds.get(var, "categorical")
             truth_all = [np.concatenate(t) for t in self.truth[var]]
-            tol = numeric_tolerance(np.concatenate(truth_all)) if kind == "numerical" else None
+            grid = None
+            if kind == "numerical":
+                grid = value_grid(np.concatenate([t for t, p in zip(truth_all, self.present[var], strict=True) if p]
+                                                 or truth_all))
             per_layer: list[float | None] = []
+            mae: list[float | None] = []
             for i in range(self.n_layers):
                 if not self.present[var][i]:
                     per_layer.append(None)
+                    mae.append(None)
                     continue
                 s = np.concatenate(self.student[var][i])
-                per_layer.append(float(_values_equal(s, truth_all[i], kind, tol or 0.0).mean()))
+                per_layer.append(float(_values_equal(s, truth_all[i], kind, grid).mean()))
+                if kind == "numerical":
+                    mae.append(float(np.mean(np.abs(s.astype(np.float64) - truth_all[i].astype(np.float64)))))
             scored = [a for a in per_layer if a is not None]
             first = next((i for i, a in enumerate(per_layer) if a is not None), None)
             variables[var] = {
@@ -327,8 +357,10 @@ class DecodingCollector:
                 "per_layer": per_layer,
                 "mean": float(np.mean(scored)) if scored else None,
                 "final": per_layer[-1],
-                "tolerance": tol,
             }
+            if kind == "numerical":
+                variables[var]["n_values"] = int(len(grid))
+                variables[var]["mean_abs_error"] = mae
         return {
             "student_index": [int(s) for s in student_index],
             "n_positions": self.n_positions,
@@ -360,6 +392,32 @@ def mapped_and_teacher(
     return lambda ids, t_ids: run(ids, t_ids, adapter, teacher.params)
 
 
+def structural_scale(teacher: Any, mapped: np.ndarray, layer: int) -> np.ndarray:
+    """Per-position length of A·h in teacher units [...], from the known shape of a tracr residual.
+
+    The alignment loss is a cosine: it fixes the direction of A·h but leaves its length free (it varies
+    10x and more between positions). In the teacher, tracr's `one` direction is 1 and every categorical
+    variable already written has one dimension at 1; the mean of those maxima in A·h estimates the
+    length, without looking at the teacher's answer for this input. Numerical values and the "empty
+    one-hot" threshold are read after dividing by it (categorical argmaxes do not depend on it).
+    """
+    info = getattr(teacher, "var_info", None)
+    if not info:
+        return np.ones(mapped.shape[:-1])
+    maxima = [mapped[..., v.dims].max(-1) for v in info.values() if v.encoding == "categorical" and v.layer <= layer]
+    if "one" in teacher.labels:
+        maxima.append(mapped[..., teacher.labels.index("one")])
+    if not maxima:
+        return np.ones(mapped.shape[:-1])
+    c = np.mean(maxima, axis=0)
+    return np.where(c > 1e-6, c, 1.0)
+
+
+def calibrate(teacher: Any, mapped: np.ndarray) -> np.ndarray:
+    """Divide each layer's mapped vectors [L+1, ..., Dt] by their `structural_scale`."""
+    return np.stack([mapped[i] / structural_scale(teacher, mapped[i], i)[..., None] for i in range(len(mapped))])
+
+
 def decoding_accuracy(
     model: nnx.Module,
     teacher: Any,
@@ -368,8 +426,13 @@ def decoding_accuracy(
     arrays: TaskArrays,
     *,
     batch_size: int = 16,
+    calibrated: bool = True,
 ) -> dict[str, Any]:
-    """Per variable and aligned layer: how often the value read through the adapter equals the teacher's."""
+    """Per variable and aligned layer: how often the value read through the adapter equals the teacher's.
+
+    With `calibrated` (default) each mapped vector is first divided by its length in teacher units
+    (`structural_scale`).
+    """
     run = mapped_and_teacher(model, teacher, adapter, student_index)
     collector = DecodingCollector(teacher, len(student_index))
     for sl in _batches(len(arrays), batch_size):
@@ -377,9 +440,13 @@ def decoding_accuracy(
         ids = _pad_rows(arrays.inputs[sl], batch_size)
         t_ids = _pad_rows(arrays.teacher_ids[sl], batch_size)
         mapped, resid = run(ids, t_ids)
-        collector.add(np.asarray(mapped)[:, :rows], np.asarray(resid)[:, :rows], arrays.real_mask[sl])
+        mapped = np.asarray(mapped)[:, :rows]
+        if calibrated:
+            mapped = calibrate(teacher, mapped)
+        collector.add(mapped, np.asarray(resid)[:, :rows], arrays.real_mask[sl])
     result = collector.result(student_index)
     result["n_examples"] = len(arrays)
+    result["calibrated"] = calibrated
     return result
 
 

@@ -48,6 +48,11 @@ def fake_residuals(t_ids: jax.Array) -> jax.Array:
 class FakeTeacher:
     n_layers, d_model, max_seq_len = 2, D_T, 8
     labels = LABELS
+    var_info = {  # like jinject.teacher.VarInfo: the layer that writes each variable
+        "tokens": SimpleNamespace(encoding="categorical", dims=np.arange(1, 7), layer=0),
+        "parity": SimpleNamespace(encoding="categorical", dims=np.array([7, 8]), layer=1),
+        "frac_a": SimpleNamespace(encoding="numerical", dims=np.array([9]), layer=2),
+    }
     answer_var = "parity"
     answer_dims = np.array([7, 8])
     pad_id, bos_id = 0, BOS
@@ -187,8 +192,11 @@ def test_variable_bookkeeping_from_labels():
     np.testing.assert_array_equal(dims["frac_a"], [9])
     kinds = ev.variable_kinds(LABELS)
     assert kinds == {"one": "numerical", "tokens": "categorical", "parity": "categorical", "frac_a": "numerical"}
-    assert ev.numeric_tolerance(np.array([0.0, 0.5, 1.0, 1.0])) == 0.25
-    assert ev.numeric_tolerance(np.array([3.0, 3.0])) == 0.5
+    grid = ev.value_grid(np.array([0.0, 0.5000004, 1.0, 1.0, 0.5]))  # tracr's ~1e-6 noise is one value
+    np.testing.assert_array_equal(grid, [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(ev.nearest(grid, np.array([-3.0, 0.2, 0.3, 0.74, 0.76, 9.0])), [0, 0, 1, 1, 2, 2])
+    # a constant is right within half of max(|v|, 1)
+    np.testing.assert_array_equal(ev.nearest(np.array([1.0]), np.array([1.4, 0.6, 1.6])), [0, 0, -1])
 
 
 def test_exact_match_stops_at_end_marker():
@@ -222,11 +230,28 @@ def test_decoding_detects_a_wrong_map(setup):
     res = ev.decoding_accuracy(student, teacher, {"w": w, "b": adapter["b"]}, np.array([0, 1, 2]), arrays)
     assert res["variables"]["parity"]["per_layer"][1:] == [0.0, 0.0]
     assert res["variables"]["tokens"]["mean"] == 1.0
-    # a numerical variable off by more than its tolerance counts as wrong
+    # a numerical variable off by more than half the gap to the next value counts as wrong
     shifted = {"w": adapter["w"], "b": adapter["b"] + np.eye(D_T, dtype=np.float32)[9] * 0.3}
     res = ev.decoding_accuracy(student, teacher, shifted, np.array([0, 1, 2]), arrays)
     frac = res["variables"]["frac_a"]
-    assert frac["tolerance"] < 0.3 and frac["final"] == 0.0
+    assert frac["n_values"] > 5 and frac["final"] < 0.05
+    assert frac["mean_abs_error"][2] == pytest.approx(0.3, abs=1e-4)
+
+
+def test_decoding_is_calibrated_for_the_free_length_of_the_cosine_map(setup):
+    """The cosine loss leaves |A h| free: a map 3x too long, or with a length that changes per position,
+    still decodes at 100% once calibrated; uncalibrated, the numbers are wrong."""
+    student, teacher, _, _, arrays = setup
+    adapter = identity_adapter(student)
+    long = {"w": adapter["w"] * 3.0, "b": adapter["b"]}
+    res = ev.decoding_accuracy(student, teacher, long, np.array([0, 1, 2]), arrays)
+    assert res["mean"] == 1.0 and res["calibrated"]
+    raw = ev.decoding_accuracy(student, teacher, long, np.array([0, 1, 2]), arrays, calibrated=False)
+    assert raw["variables"]["frac_a"]["final"] < 0.5 and raw["variables"]["parity"]["final"] == 1.0
+    mapped = np.asarray(fake_residuals(jnp.asarray(arrays.teacher_ids)))[:, :, 1:]
+    lengths = np.random.default_rng(0).uniform(0.2, 20.0, size=mapped.shape[1:-1] + (1,))
+    real = arrays.real_mask > 0
+    np.testing.assert_allclose(ev.calibrate(teacher, mapped * lengths)[:, real], mapped[:, real], rtol=1e-5, atol=1e-6)
 
 
 def test_causal_test_noise_zero_is_a_no_op_and_answer_subspace_matters(setup):
