@@ -36,10 +36,13 @@ CONFIGS = {
     "gpt2_tiny": GPT2Config(
         vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2
     ),
-    # GQA (4 query heads over 2 KV heads), untied lm_head.
+    # GQA (4 query heads over 2 KV heads), untied lm_head, Llama 3 RoPE scaling (with these numbers one
+    # frequency is in the smoothed band and one is divided by the factor).
     "llama_gqa_untied": LlamaConfig(
         vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=10000.0,
+        num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
     ),
     # Multi-query (1 KV head), head_dim * n_heads != hidden_size, tied embeddings, SmolLM2's RoPE base.

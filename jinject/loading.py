@@ -234,11 +234,14 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
             tie_embeddings=True,
         )
     elif mt in LLAMA_TYPES:
-        rope_params = hf.get("rope_parameters") or {}
-        scaling = hf.get("rope_scaling") or {}
-        rope_type = rope_params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-        if rope_type != "default":
-            raise NotImplementedError(f"RoPE scaling {rope_type!r} is not supported yet")
+        rope_params = dict(hf.get("rope_scaling") or {}, **(hf.get("rope_parameters") or {}))
+        rope_type = rope_params.get("rope_type") or rope_params.get("type") or "default"
+        rope_scaling = None
+        if rope_type == "llama3":
+            keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+            rope_scaling = (*((k, float(rope_params[k])) for k in keys), ("rope_type", "llama3"))
+        elif rope_type != "default":
+            raise NotImplementedError(f"RoPE scaling {rope_type!r} is not supported (default, llama3)")
         if mt == "mistral" and hf.get("sliding_window") and hf["sliding_window"] < hf["max_position_embeddings"]:
             raise NotImplementedError("sliding-window attention is not supported")
         cfg = dict(
@@ -254,6 +257,7 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
             norm_eps=hf.get("rms_norm_eps", 1e-6),
             activation=hf.get("hidden_act", "silu"),
             rope_theta=float(rope_params.get("rope_theta", hf.get("rope_theta", 10000.0))),
+            rope_scaling=rope_scaling,
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attention_bias=bool(hf.get("attention_bias", False)),
             mlp_bias=bool(hf.get("mlp_bias", False)),
@@ -264,6 +268,13 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
     cfg.update(bos_token_id=hf.get("bos_token_id"), eos_token_id=eos[0] if isinstance(eos, list) else eos)
     cfg.update(overrides)
     return ModelConfig(**cfg)
+
+
+def _rope_scaling_to_hf(c: ModelConfig) -> dict[str, Any]:
+    d = dict(c.rope_scaling or ())
+    if "original_max_position_embeddings" in d:
+        d["original_max_position_embeddings"] = int(d["original_max_position_embeddings"])
+    return d
 
 
 def config_to_hf(c: ModelConfig) -> dict[str, Any]:
@@ -301,7 +312,7 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
         "rms_norm_eps": c.norm_eps,
         "hidden_act": c.activation,
         "rope_theta": c.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta, **_rope_scaling_to_hf(c)},
         "attention_bias": c.attention_bias,
         "mlp_bias": c.mlp_bias,
         **common,

@@ -53,10 +53,11 @@ def test_parity_with_transformers(asset):
 
 
 def test_asset_features():
-    """The assets cover GQA, MQA, head_dim != d/heads, and both tied and untied heads."""
+    """The assets cover GQA, MQA, head_dim != d/heads, tied and untied heads, Llama 3 RoPE scaling."""
     cfgs = {n: load_model(ASSETS / n)[0].config for n in NAMES}
     assert cfgs["llama_gqa_untied"].kv_heads < cfgs["llama_gqa_untied"].n_heads
     assert not cfgs["llama_gqa_untied"].tie_embeddings and cfgs["llama_mqa_tied"].tie_embeddings
+    assert dict(cfgs["llama_gqa_untied"].rope_scaling)["rope_type"] == "llama3"
     assert cfgs["llama_mqa_tied"].head_size * cfgs["llama_mqa_tied"].n_heads != cfgs["llama_mqa_tied"].d_model
     for n in NAMES:
         assert (ASSETS / n / "model.safetensors").stat().st_size < 64_000

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 FAMILIES = ("gpt2", "llama")
 DTYPES = ("float32", "bfloat16")
+ROPE_TYPES = ("llama3",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,10 @@ class ModelConfig:
     norm_eps: float = 1e-5
     activation: str | None = None  # default by family: gpt2 "gelu_new" (also gelu, relu); llama "silu"
     rope_theta: float = 10000.0
+    # RoPE frequency scaling as sorted (key, value) pairs, e.g. Llama 3's (("factor", 32.0),
+    # ("high_freq_factor", 4.0), ("low_freq_factor", 1.0), ("original_max_position_embeddings", 8192.0),
+    # ("rope_type", "llama3")); None = plain RoPE.
+    rope_scaling: tuple[tuple[str, Any], ...] | None = None
     tie_embeddings: bool = True
     attention_bias: bool = False  # llama only (gpt2 always has biases)
     mlp_bias: bool = False  # llama only
@@ -44,6 +49,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if isinstance(self.rope_scaling, dict):  # accept a dict (e.g. from JSON); store it hashable
+            object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
+        if self.rope_scaling is not None and dict(self.rope_scaling).get("rope_type") not in ROPE_TYPES:
+            raise ValueError(f"rope_scaling type must be one of {ROPE_TYPES}, got {self.rope_scaling!r}")
         if self.activation is None:  # resolved here so equal models always have equal configs
             object.__setattr__(self, "activation", "gelu_new" if self.family == "gpt2" else "silu")
         for name in ("dtype", "param_dtype"):
@@ -90,7 +99,10 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        d = {k: v for k, v in d.items() if k in names}
+        if isinstance(d.get("rope_scaling"), list | tuple):
+            d["rope_scaling"] = tuple(tuple(kv) for kv in d["rope_scaling"])
+        return cls(**d)
 
 
 class ModelOutput(NamedTuple):

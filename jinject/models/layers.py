@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 NEG_INF = -1e30  # finite: a fully masked row (left padding) gives a uniform softmax, never NaN
@@ -77,13 +78,34 @@ class RMSNorm(nnx.Module):
         return self.scale[...].astype(self.dtype) * y.astype(self.dtype)
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def rope_frequencies(hd: int, theta: float, scaling: tuple[tuple[str, Any], ...] | None = None) -> np.ndarray:
+    """RoPE inverse frequencies [hd/2] (float32, computed in numpy: constants, not parameters).
+
+    `scaling` ("llama3"): Llama 3.1+'s frequency-dependent rescaling, as in transformers.
+    """
+    inv_freq = 1.0 / (theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    if scaling is not None:
+        s = dict(scaling)
+        factor, lo, hi = float(s["factor"]), float(s["low_freq_factor"]), float(s["high_freq_factor"])
+        old = float(s["original_max_position_embeddings"])
+        wavelen = 2 * np.pi / inv_freq
+        scaled = np.where(wavelen > old / lo, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+        inv_freq = np.where(medium, smoothed, scaled)
+    return inv_freq.astype(np.float32)
+
+
+def rope(
+    x: jax.Array, positions: jax.Array, theta: float, scaling: tuple[tuple[str, Any], ...] | None = None
+) -> jax.Array:
     """Rotary embedding, Hugging Face layout (rotate_half: first half pairs with second half).
 
     x [B, T, H, hd]; positions [B, T] int.
     """
     hd = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    inv_freq = jnp.asarray(rope_frequencies(hd, theta, scaling))
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
     cos, sin = jnp.cos(freqs)[:, :, None, :], jnp.sin(freqs)[:, :, None, :]
     x32 = x.astype(jnp.float32)

@@ -19,13 +19,15 @@ class LlamaAttention(nnx.Module):
         self.v_proj = Linear(c.d_model, c.kv_heads * hd, **kw)
         self.o_proj = Linear(c.n_heads * hd, c.d_model, **kw)
         self.n_heads, self.n_kv_heads, self.head_dim, self.theta = c.n_heads, c.kv_heads, hd, c.rope_theta
+        self.rope_scaling = c.rope_scaling
 
     def __call__(self, x, positions, mask, kv, index):
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.n_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
-        q, k = rope(q, positions, self.theta), rope(k, positions, self.theta)
+        q = rope(q, positions, self.theta, self.rope_scaling)
+        k = rope(k, positions, self.theta, self.rope_scaling)
         ctx, new_kv = update_cache(kv, k, v, index)
         return self.o_proj(attend(q, ctx.k, ctx.v, mask)), new_kv
 
