@@ -345,7 +345,7 @@ def load_hf_dir(path: str | Path, dtype: str = "float32", **overrides: Any) -> t
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} has no config.json (not a Hugging Face model directory)")
     hf = json.loads((path / "config.json").read_text())
-    config = config_from_hf(hf, dtype=dtype, param_dtype=dtype, **overrides)
+    config = config_from_hf(hf, **{"dtype": dtype, "param_dtype": dtype, **overrides})
     if (path / "model.safetensors").exists():
         state = _read_safetensors(path / "model.safetensors")
     elif (path / "model.safetensors.index.json").exists():
@@ -471,7 +471,7 @@ def load_gguf(path: str | Path, dtype: str = "float32", **overrides: Any) -> tup
         elif t.name.endswith("attn_k.weight"):
             w = _unpermute(w, n_kv)
         state[hf_name] = w
-    config = config_from_hf(hf, dtype=dtype, param_dtype=dtype, **overrides)
+    config = config_from_hf(hf, **{"dtype": dtype, "param_dtype": dtype, **overrides})
     model = _build(config, state)
     _check_tokenizer(tokenizer, config)
     return model, tokenizer

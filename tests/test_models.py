@@ -205,6 +205,33 @@ def test_hub_offline_fails_fast(tmp_path, monkeypatch):
         load_model(str(tmp_path / "nope"))
 
 
+def test_hub_id_goes_through_snapshot_download(tmp_path, monkeypatch):
+    """Hub ids: cache first (local_files_only), then the network; aliases map to the real repo."""
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot(repo, allow_patterns=None, local_files_only=False, **kw):
+        calls.append((repo, local_files_only))
+        if local_files_only:
+            raise FileNotFoundError("not cached")
+        return str(ASSETS / "gpt2_tiny")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    monkeypatch.setattr(loading, "_reachable", lambda host, port, timeout=3.0: True)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    m, tok = load_model("gpt2")
+    assert calls == [("openai-community/gpt2", True), ("openai-community/gpt2", False)]
+    assert m.config.family == "gpt2" and tok.vocab_size > 0
+
+
+def test_mixed_dtypes():
+    m, _ = load_model(ASSETS / "llama_mqa_tied", dtype="bfloat16", param_dtype="float32", remat=True)
+    assert (m.config.dtype, m.config.param_dtype, m.config.remat) == ("bfloat16", "float32", True)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(m, nnx.Param)))
+    assert m(jnp.ones((1, 4), jnp.int32)).hidden_states.dtype == jnp.bfloat16
+
+
 def test_export_roundtrip(asset, tmp_path):
     """Export, reload with jinject's own loader: identical config, params, logits and tokenizer."""
     name, m, tok, ref = asset
