@@ -329,6 +329,8 @@ def test_generate_limits():
         generate(m, [[1] * 30], 5)
     with pytest.raises(ValueError, match="at least one token"):
         generate(m, [[]], 3)
+    with pytest.raises(ValueError, match="positions"):
+        m(jnp.ones((1, 33), jnp.int32))
 
 
 def test_library_does_not_import_torch():

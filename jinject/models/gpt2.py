@@ -78,6 +78,10 @@ class GPT2(CausalLM):
         )
 
     def embed(self, ids: jax.Array, positions: jax.Array) -> jax.Array:
+        if ids.shape[1] > self.config.max_position_embeddings:  # a gather past the table gives NaN
+            raise ValueError(
+                f"sequence length {ids.shape[1]} exceeds GPT-2's {self.config.max_position_embeddings} positions"
+            )
         return self.wte(ids) + self.wpe(positions)
 
     def final_norm(self, h: jax.Array) -> jax.Array:
