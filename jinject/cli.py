@@ -37,6 +37,22 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def parse_task_options(items: list[str] | None) -> dict:
+    """`KEY=VALUE` strings -> {KEY: value}, values read as JSON where they parse (numbers, booleans)."""
+    import json
+
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--task-option expects KEY=VALUE (e.g. max_len=12), got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
 def train_config_from_args(args: argparse.Namespace):
     from jinject.config import TrainConfig
 
@@ -49,7 +65,7 @@ def train_config_from_args(args: argparse.Namespace):
         "adapter_lr": args.adapter_lr, "weight_decay": args.weight_decay, "warmup_steps": args.warmup_steps,
         "grad_clip": args.grad_clip, "dtype": args.dtype, "remat": args.remat, "mesh_fsdp": args.fsdp,
         "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
-        "teacher_max_seq_len": args.max_seq_len,
+        "teacher_max_seq_len": args.max_seq_len, "task_options": parse_task_options(args.task_option),
     }
     return TrainConfig(**fields)
 
@@ -129,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="shuffle-dyck | count | int-sum")
     p.add_argument("--model", default=d.model, help="smollm2-135m (offline default), a HF id, or a local HF dir")
     p.add_argument("--baseline", action="store_true", help="task + KL only: no alignment, no intervention")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                   help="task size option, repeatable (e.g. max_len=12 max_input_len=12 for shuffle-dyck)")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--text-batch-size", type=int, default=None, help="default: --batch-size")

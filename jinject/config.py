@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,10 @@ class TrainConfig:
     """Everything that decides a run. Defaults follow the original work where it said (DESIGN.md §1)."""
 
     task: str = "shuffle-dyck"
+    task_options: dict[str, Any] = field(default_factory=dict)  # get_task(task, **task_options): lengths etc.
     model: str = "smollm2-135m"
     baseline: bool = False  # task + KL only: no alignment, no intervention
-    teacher_max_seq_len: int | None = None  # None: the task's original size
+    teacher_max_seq_len: int | None = None  # None: the task's default for its options
     # data
     steps: int = 1000
     batch_size: int = 8
@@ -36,6 +37,7 @@ class TrainConfig:
     adapter_lr: float = 1e-4
     weight_decay: float = 0.01
     warmup_steps: int = 0
+    schedule: str = "constant"  # after warmup: "constant" (the original) or "cosine" decay to 0 at `steps`
     grad_clip: float | None = None
     # numerics and scale-out
     dtype: str = "float32"  # student compute dtype: float32 | bfloat16
@@ -58,6 +60,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.layer_offset < 0:
             raise ValueError(f"layer_offset must be >= 0, got {self.layer_offset}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
 

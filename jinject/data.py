@@ -90,8 +90,8 @@ def encode_examples(
             f"max_seq_len={teacher.max_seq_len}; compile the teacher with a larger max_seq_len or generate "
             "shorter examples"
         )
-    if seq_len is None:
-        seq_len = round_up(longest)
+    if seq_len is None:  # round up for fewer recompiles, but never past what the teacher's positions hold
+        seq_len = round_up(longest) if teacher is None else min(round_up(longest), teacher.max_seq_len)
     if longest > seq_len:
         raise ValueError(f"an example has {longest} tokens but the padded length is {seq_len}")
     n = len(examples)

@@ -15,7 +15,7 @@ from jinject.config import TrainConfig
 DEMO = TrainConfig(
     task="shuffle-dyck",
     model="smollm2-135m",
-    teacher_max_seq_len=16,
+    task_options={"max_len": 12, "max_input_len": 12},
     steps=150,
     batch_size=8,
     text_batch_size=4,

@@ -104,7 +104,12 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """AdamW with its own learning rate for the model and for the adapter (original: 1e-6 / 1e-4)."""
 
     def adamw(lr: float) -> optax.GradientTransformation:
-        schedule = optax.linear_schedule(0.0, lr, config.warmup_steps) if config.warmup_steps else lr
+        if config.schedule == "cosine":
+            schedule = optax.warmup_cosine_decay_schedule(0.0, lr, config.warmup_steps, max(config.steps, 1))
+        elif config.warmup_steps:
+            schedule = optax.linear_schedule(0.0, lr, config.warmup_steps)
+        else:
+            schedule = lr
         return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay)
 
     labels = lambda tree: {"params": jax.tree.map(lambda _: "model", tree["params"]),
@@ -261,7 +266,8 @@ class Pipeline:
     def __init__(self, config: TrainConfig, task: Any, teacher: Any, tokenizer: Any):
         self.config = config
         self.encoder = PieceEncoder(tokenizer)
-        examples = task.examples("train", config.n_train, config.seed)
+        # baseline and injected runs see the same examples: those the configured teacher can hold
+        examples = task.examples("train", config.n_train, config.seed, max_seq_len=config.teacher_max_seq_len)
         self.task_arrays: TaskArrays = encode_examples(examples, self.encoder, teacher)
         train_text, self.heldout_text = split_corpus(load_corpus(config.corpus))
         self.text = TextStream(train_text, tokenizer)
@@ -300,7 +306,7 @@ def build(config: TrainConfig) -> tuple[Any, Any, nnx.Module, Any]:
     from jinject.tasks import get_task
     from jinject.teacher import compile_teacher
 
-    task = get_task(config.task)
+    task = get_task(config.task, **config.task_options)
     teacher = compile_teacher(task, config.teacher_max_seq_len)
     model, tokenizer = load_model(config.model, dtype=config.dtype)
     if config.remat:
@@ -370,8 +376,9 @@ def train(
     config_path = out / "config.json"
     if config_path.exists():
         previous = TrainConfig.load(config_path)
+        free = RESUMABLE_CHANGES - ({"steps"} if config.schedule == "cosine" else set())  # cosine decays to `steps`
         diff = {f.name: (getattr(previous, f.name), getattr(config, f.name)) for f in dataclasses.fields(config)
-                if getattr(previous, f.name) != getattr(config, f.name) and f.name not in RESUMABLE_CHANGES}
+                if getattr(previous, f.name) != getattr(config, f.name) and f.name not in free}
         if diff:
             raise ValueError(f"{out} holds a run with a different config {diff} (old, new); "
                              "use another --out, or the same settings to resume it")
@@ -470,9 +477,7 @@ def heldout_metrics(run: Run, n: int = 256, split: str = "test", batch_size: int
     """Teacher-forced answer accuracy, losses and per-layer alignment on held-out task examples."""
     config = run.config
     teacher = None if config.baseline else run.teacher
-    examples = run.task.examples(split, n, config.seed + 1)
-    if teacher is not None:
-        examples = [e for e in examples if len(e.prompt_pieces) + len(e.answer_pieces) <= teacher.max_seq_len]
+    examples = run.task.examples(split, n, config.seed + 1, max_seq_len=config.teacher_max_seq_len)
     arrays = encode_examples(examples, PieceEncoder(run.tokenizer), teacher)
     text = TextStream(split_corpus(load_corpus(config.corpus))[1], run.tokenizer)
     graphdef, params = nnx.split(run.model)

@@ -47,26 +47,33 @@ def frozen_and_trainable(model, teacher, config):
     return graphdef, {"params": state["params"], "adapter": state["adapter"]}, frozen
 
 
-def test_injection_learns_task_and_alignment(tmp_path, comps):
-    cfg = tiny.config(steps=300, checkpoint_every=300, log_every=10)
+def test_injection_learns_task_and_alignment(tmp_path):
+    # a GPT-2-style student: its learned position embeddings can hold the teacher's `indices` at layer 0
+    # (a RoPE student's embeddings carry no position, a floor of ~0.14 on layer 0 alone)
+    comps = tiny.components(d_model=64, family="gpt2")
+    cfg = tiny.config(steps=400, batch_size=16, checkpoint_every=400, log_every=50, grad_clip=1.0,
+                      schedule="cosine", warmup_steps=20)
     train(cfg, tmp_path, components=comps, progress=False)
     recs = read_metrics(tmp_path)
-    assert [r["step"] for r in recs] == list(range(1, 301))
+    assert [r["step"] for r in recs] == list(range(1, 401))
     first = np.mean([r["loss"] for r in recs[:10]])
     last = np.mean([r["loss"] for r in recs[-10:]])
-    assert last < 0.5 * first, (first, last)
-    align = np.mean([r["align"] for r in recs[-10:]])
-    assert align < 0.05, align
+    assert last < 0.1 * first, (first, last)
+    per_layer = np.mean([r["align_per_layer"] for r in recs[-10:]], axis=0)
+    assert per_layer.max() < 0.05, per_layer  # every teacher layer: mean 1 - cos below 0.05
+    summed = np.mean([r["align"] for r in recs[-10:]])
+    assert summed < 0.02 * np.mean([r["align"] for r in recs[:5]]), summed  # the summed loss falls > 50x
     assert np.mean([r["answer_acc"] for r in recs[-10:]]) > 0.9
 
 
 def test_padding_does_not_change_the_loss(comps):
     task, teacher, model, tokenizer = comps
     config = tiny.config()
-    examples = task.examples("train", 8, 0)
+    examples = [e for e in task.examples("train", 64, 0) if e.n_pieces <= teacher.max_seq_len - 3][:8]
+    assert len(examples) == 8
     enc = PieceEncoder(tokenizer)
-    short = encode_examples(examples, enc, teacher)
-    long = encode_examples(examples, enc, teacher, seq_len=short.inputs.shape[1] + 8)
+    short = encode_examples(examples, enc, teacher, seq_len=teacher.max_seq_len - 3)
+    long = encode_examples(examples, enc, teacher, seq_len=teacher.max_seq_len)
     graphdef, trainable, frozen = frozen_and_trainable(model, teacher, config)
     loss_fn = jax.jit(make_loss_fn(graphdef, teacher, config, model.config.n_layers))
     text = Pipeline(config, task, teacher, tokenizer).text.batch(0, 0, 4, 16)
@@ -145,7 +152,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, comps):
     proc = subprocess.run([sys.executable, "-c", KILL_WORKER.format(tests=str(TESTS), kill_at=10, out=str(out))],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -9, proc.stderr[-2000:]
-    assert checkpoint_manager(out, cfg).latest_step() == 8
+    # orbax saves asynchronously: the step-8 save may not have committed before the kill at step 10
+    assert checkpoint_manager(out, cfg).latest_step() in (4, 8)
     resumed = train(cfg, out, components=comps, progress=False)
     assert resumed.step == 12
     a, b = nnx.split(straight.model)[1], nnx.split(resumed.model)[1]

@@ -15,13 +15,13 @@ from jinject.teacher import compile_teacher
 from jinject.tokenizer import make_test_tokenizer
 
 TASK = "shuffle-dyck"
-MAX_SEQ_LEN = 10
+OPTIONS = {"min_len": 2, "max_len": 5, "max_input_len": 5, "ood_max_len": 10}  # teacher max_seq_len 8
 
 
 @cache
-def task_and_teacher(task_name: str = TASK, max_seq_len: int = MAX_SEQ_LEN):
-    task = get_task(task_name)
-    return task, compile_teacher(task, max_seq_len)
+def task_and_teacher(task_name: str = TASK, options: tuple = tuple(OPTIONS.items())):
+    task = get_task(task_name, **dict(options))
+    return task, compile_teacher(task)
 
 
 def task_pieces(task) -> list[str]:
@@ -33,10 +33,9 @@ def task_pieces(task) -> list[str]:
     return sorted(pieces)
 
 
-def components(task_name: str = TASK, max_seq_len: int = MAX_SEQ_LEN, d_model: int = 32, extra_layers: int = 1,
-               family: str = "llama", seed: int = 0):
+def components(d_model: int = 32, extra_layers: int = 1, family: str = "llama", seed: int = 0):
     """(task, teacher, model, tokenizer) with a student one block deeper than the teacher."""
-    task, teacher = task_and_teacher(task_name, max_seq_len)
+    task, teacher = task_and_teacher()
     # task pieces are single tokens; letters and space let the built-in corpus tokenise char by char
     tokenizer = make_test_tokenizer(task_pieces(task) + list(string.ascii_letters + string.digits + " .,\n"))
     common = dict(vocab_size=tokenizer.vocab_size, d_model=d_model, n_layers=teacher.n_layers + extra_layers,
@@ -49,6 +48,6 @@ def components(task_name: str = TASK, max_seq_len: int = MAX_SEQ_LEN, d_model: i
 
 
 def config(**overrides) -> TrainConfig:
-    base = dict(task=TASK, model="tiny", teacher_max_seq_len=MAX_SEQ_LEN, steps=20, batch_size=8, text_batch_size=4,
+    base = dict(task=TASK, task_options=OPTIONS, model="tiny", steps=20, batch_size=8, text_batch_size=4,
                 text_seq_len=16, n_train=256, lr=3e-3, adapter_lr=3e-2, checkpoint_every=5, log_every=5)
     return TrainConfig(**{**base, **overrides})
