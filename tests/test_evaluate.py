@@ -134,6 +134,17 @@ class FakeTask:
     name = "parity"
     splits = ("train", "test", "ood_long")
 
+    def pieces(self, problem):
+        if set(problem) - {"a", "b"}:
+            raise ValueError(f"not a parity problem: {problem!r}")
+        return Ex(problem).prompt_pieces, Ex(problem).answer_pieces
+
+    def teacher_tokens(self, problem):
+        return Ex(problem).teacher_tokens
+
+    def solve(self, problem):
+        return Ex(problem).answer
+
     def examples(self, split, n, seed):
         rng = np.random.default_rng([seed, len(split)])
         lo, hi = (2, 6) if split != "ood_long" else (8, 12)
@@ -141,6 +152,9 @@ class FakeTask:
 
 
 class FakeTokenizer:
+    def decode(self, ids):
+        return "".join(PIECES[i - 1] for i in ids)
+
     def encode(self, text):
         if text in ID:
             return [ID[text]]
@@ -450,3 +464,25 @@ def test_teacher_forced_exact_on_a_real_model_matches_full_logits(at):
     assert res["answer_subspace"][0] == pytest.approx(right.mean())
     assert res["random_subspace"][0] == pytest.approx(right.mean())
     assert res["answer_subspace"][1] < right.mean()  # huge noise where the model reads does change answers
+
+
+def test_cli_eval_and_decode(tmp_path, monkeypatch, capsys):
+    import jinject.generate
+    import jinject.train
+    from jinject import cli
+
+    monkeypatch.setattr(jinject.generate, "generate", fake_generate, raising=False)
+    monkeypatch.setattr(jinject.train, "load_run", lambda d, **_: _fake_run(False))
+    assert cli.main(["eval", str(tmp_path), "--n", "8", "--n-decode", "8", "--n-text", "2", "--text-seq-len", "16",
+                     "--noise-norms", "0", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "exact-match accuracy" in out and "causal test" in out
+    assert json.loads((tmp_path / "eval.json").read_text())["causal"]["norms"] == [0.0, 10.0]
+    assert (tmp_path / "plots" / "decoding_accuracy.png").exists()
+    png = tmp_path / "decoded.png"
+    assert cli.main(["decode", str(tmp_path), "abab", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "answer '0.', model says '0.'" in out and "agreement with the teacher: 100.0%" in out
+    assert png.stat().st_size > 5000
+    assert cli.main(["decode", str(tmp_path), "abc"]) == 2  # a clear one-line error, not a traceback
+    assert "is not a parity problem" in capsys.readouterr().err
