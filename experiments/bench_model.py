@@ -32,7 +32,7 @@ def run_one(model_name: str, dtype: str, batch: int, seq: int, new_tokens: int) 
     import numpy as np
     from flax import nnx
 
-    from jinject.generate import generate
+    from jinject.generation import generate
     from jinject.loading import load_model
 
     rss0 = _rss_mb()

@@ -53,7 +53,7 @@ def bench_task(task_name: str, model, tokenizer, args, peak: float) -> dict:
     from jinject.config import TrainConfig
     from jinject.tasks import get_task
     from jinject.teacher import compile_teacher
-    from jinject.train import Pipeline, init_state, make_train_step, teacher_residuals
+    from jinject.trainer import Pipeline, init_state, make_train_step, teacher_residuals
 
     task = get_task(task_name)
     t0 = time.perf_counter()

@@ -57,7 +57,7 @@ def run_one(config: Any, directory: Path, eval_kwargs: dict[str, Any], component
             log=print) -> dict[str, Any]:
     """Train (or resume) one run and evaluate it; an existing complete eval.json is reused."""
     from jinject.evaluate import evaluate_run
-    from jinject.train import load_run, train
+    from jinject.trainer import load_run, train
 
     done = directory / "eval.json"
     if done.exists():

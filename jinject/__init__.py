@@ -19,13 +19,13 @@ _PUBLIC = {
     "compile_teacher": "jinject.teacher",
     "Teacher": "jinject.teacher",
     "load_model": "jinject.loading",
-    "generate": "jinject.generate",
+    "generate": "jinject.generation",
     "export_model": "jinject.export",
     "TrainConfig": "jinject.config",
-    "init_state": "jinject.train",
-    "make_train_step": "jinject.train",
-    "train": "jinject.train",
-    "load_run": "jinject.train",
+    "init_state": "jinject.trainer",
+    "make_train_step": "jinject.trainer",
+    "train": "jinject.trainer",
+    "load_run": "jinject.trainer",
     "evaluate_run": "jinject.evaluate",
 }
 

@@ -71,7 +71,7 @@ def train_config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jinject.train import TrainingDiverged, maybe_initialize_distributed, train
+    from jinject.trainer import TrainingDiverged, maybe_initialize_distributed, train
 
     maybe_initialize_distributed()
     config = train_config_from_args(args)
@@ -92,7 +92,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from jinject.evaluate import evaluate_run, format_table
-    from jinject.train import load_run
+    from jinject.trainer import load_run
 
     run = load_run(args.dir)
     say = lambda msg: print(f"jinject eval: {msg} ...", file=sys.stderr, flush=True)
@@ -113,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from jinject.decoding import decode_problem, format_decoded
-    from jinject.train import load_run
+    from jinject.trainer import load_run
 
     run = load_run(args.dir)
     decoded = decode_problem(run, args.text, layer=args.layer)

@@ -113,7 +113,7 @@ def decode_problem(run: Any, problem: str, layer: int | None = None, with_genera
     kinds_all = variable_kinds(teacher.labels)
     generated = None
     if with_generation:
-        from jinject.generate import generate
+        from jinject.generation import generate
 
         end_id = encoder(answer_pieces[-1])
         out = generate(run.model, [encoder.encode(prompt_pieces)], len(answer_pieces) + 2, stop_ids=(end_id,))[0]

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=DEMO.steps)
     args = parser.parse_args(argv)
 
-    from jinject.train import heldout_metrics, train
+    from jinject.trainer import heldout_metrics, train
 
     config = TrainConfig(**{**DEMO.__dict__, "steps": args.steps})
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 The four measurements of DESIGN.md §1 (Evaluation):
 
-- **accuracy**: exact match of the greedy answer (jitted, KV-cached `jinject.generate.generate`) on the
+- **accuracy**: exact match of the greedy answer (jitted, KV-cached `jinject.generation.generate`) on the
   test split and on every OOD split. The prompt is encoded piece by piece, as in training.
 - **retention**: perplexity of the original and of the trained model on held-out text (the corpus
   paragraphs training never sampled), and KL(original || trained) per token on the same windows.
@@ -103,7 +103,7 @@ def generation_accuracy(
 ) -> dict[str, Any]:
     """Greedy exact-match accuracy of `model` on `examples` (prompt pieces -> answer pieces + end)."""
     if generate_fn is None:
-        from jinject.generate import generate as generate_fn
+        from jinject.generation import generate as generate_fn
     if not examples:
         return {"accuracy": None, "n": 0}
     end_id = encoder(examples[0].answer_pieces[-1])
@@ -544,7 +544,7 @@ def evaluate_run(
     out: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """All four measurements for a `jinject.train.Run`; writes `out/eval.json` when `out` is given.
+    """All four measurements for a `jinject.trainer.Run`; writes `out/eval.json` when `out` is given.
 
     `n_examples` per split for accuracy (test and each OOD split); `n_decode` test examples that fit the
     teacher for decoding accuracy; `n_causal` (default `n_examples`) for the causal test.

@@ -305,9 +305,9 @@ def _fake_run(baseline: bool):
 
 
 def test_evaluate_run_writes_eval_json_and_table(tmp_path, monkeypatch):
-    import jinject.generate
+    import jinject.generation
 
-    monkeypatch.setattr(jinject.generate, "generate", fake_generate, raising=False)
+    monkeypatch.setattr(jinject.generation, "generate", fake_generate, raising=False)
     res = ev.evaluate_run(_fake_run(False), n_examples=10, n_decode=10, n_text_windows=2, text_seq_len=16,
                           noise_norms=(0.0, 30.0), out=tmp_path)
     saved = json.loads((tmp_path / "eval.json").read_text())
@@ -467,12 +467,12 @@ def test_teacher_forced_exact_on_a_real_model_matches_full_logits(at):
 
 
 def test_cli_eval_and_decode(tmp_path, monkeypatch, capsys):
-    import jinject.generate
-    import jinject.train
+    import jinject.generation
+    import jinject.trainer
     from jinject import cli
 
-    monkeypatch.setattr(jinject.generate, "generate", fake_generate, raising=False)
-    monkeypatch.setattr(jinject.train, "load_run", lambda d, **_: _fake_run(False))
+    monkeypatch.setattr(jinject.generation, "generate", fake_generate, raising=False)
+    monkeypatch.setattr(jinject.trainer, "load_run", lambda d, **_: _fake_run(False))
     assert cli.main(["eval", str(tmp_path), "--n", "8", "--n-decode", "8", "--n-text", "2", "--text-seq-len", "16",
                      "--noise-norms", "0", "10"]) == 0
     out = capsys.readouterr().out

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jinject.generate import generate
+from jinject.generation import generate
 from jinject.loading import load_model, load_tokenizer
 
 # Ordinary prose written for this test (not project text).

@@ -23,7 +23,7 @@ from tokenizers import models as tk_models
 
 from jinject import loading
 from jinject.export import export_model
-from jinject.generate import generate
+from jinject.generation import generate
 from jinject.loading import load_model, load_tokenizer, params_from_state_dict, state_dict_from_model
 from jinject.models import ModelConfig, abstract_model, create_model
 from jinject.tokenizer import Tokenizer, gpt2_tokenizer, make_test_tokenizer
@@ -336,7 +336,7 @@ def test_generate_limits():
 def test_library_does_not_import_torch():
     """CI has no torch: loading, export and generation must not pull it in (transformers would try)."""
     code = (
-        "import sys, jinject.loading, jinject.export, jinject.generate, jinject.tokenizer;"
+        "import sys, jinject.loading, jinject.export, jinject.generation, jinject.tokenizer;"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

@@ -17,7 +17,7 @@ import tiny
 from flax import nnx
 
 from jinject.data import PieceEncoder, encode_examples
-from jinject.train import (
+from jinject.trainer import (
     Pipeline,
     TrainingDiverged,
     checkpoint_manager,
@@ -135,7 +135,7 @@ KILL_WORKER = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 import tiny
-from jinject.train import train
+from jinject.trainer import train
 def kill(step, record):
     if step == {kill_at}:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -186,7 +186,7 @@ MESH_WORKER = """
 import sys
 sys.path.insert(0, {tests!r})
 import jax, numpy as np, tiny
-from jinject.train import Pipeline, init_state, make_mesh, make_train_step, param_shardings, batch_shardings
+from jinject.trainer import Pipeline, init_state, make_mesh, make_train_step, param_shardings, batch_shardings
 assert jax.device_count() == 4, jax.devices()
 task, teacher, model, tokenizer = tiny.components()
 losses = {{}}
