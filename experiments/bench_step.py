@@ -22,21 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def median_seconds(fn, iters: int) -> float:
-    fn()  # warm-up (compile)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def matmul_peak(n: int = 2048, iters: int = 5) -> float:
     """Achievable dense f32 matmul FLOP/s on the default device."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     f = jax.jit(lambda a: a @ a)
-    return 2 * n**3 / median_seconds(lambda: f(a).block_until_ready(), iters)
+    return 2 * n**3 / interleaved_medians({"mm": lambda: f(a).block_until_ready()}, iters)["mm"]
 
 
 def compiled_flops(jitted, *args) -> float | None:
@@ -49,15 +39,28 @@ def compiled_flops(jitted, *args) -> float | None:
         return None
 
 
+def interleaved_medians(fns: dict, rounds: int) -> dict[str, float]:
+    """Median seconds of each callable, run round-robin so machine noise hits every variant alike."""
+    for fn in fns.values():
+        fn()  # warm-up (compile)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def bench_task(task_name: str, model, tokenizer, args, peak: float) -> dict:
     from jinject.config import TrainConfig
     from jinject.tasks import get_task
     from jinject.teacher import compile_teacher
     from jinject.trainer import Pipeline, init_state, make_train_step, teacher_residuals
 
-    task = get_task(task_name)
+    task = get_task(task_name, **args.task_options.get(task_name, {}))
     t0 = time.perf_counter()
-    teacher = compile_teacher(task, args.max_seq_len.get(task_name))
+    teacher = compile_teacher(task)
     teacher_load = time.perf_counter() - t0
     config = TrainConfig(task=task_name, model=args.model, batch_size=args.batch_size,
                          text_batch_size=args.batch_size, text_seq_len=args.text_seq_len, n_train=256)
@@ -65,46 +68,42 @@ def bench_task(task_name: str, model, tokenizer, args, peak: float) -> dict:
     batch = jax.device_put(pipeline.batch(0))
     tokens = batch["inputs"].size + batch["text_ids"].size
 
-    def time_step(cfg, teacher_or_none, batch):
+    def stepper(cfg, teacher_or_none, batch, resid_fn=None):
         step = make_train_step(model, teacher_or_none, cfg)
         holder = {"state": init_state(model, teacher_or_none, cfg)}
-        flops = compiled_flops(step.jitted, holder["state"], step.frozen, batch)
 
         def run():
-            holder["state"], m = step(holder["state"], batch)
+            b = batch if resid_fn is None else {**batch, "teacher_resid": resid_fn()}
+            holder["state"], m = step(holder["state"], b)
             jax.block_until_ready(m["loss"])
 
-        return median_seconds(run, args.iters), flops, step
+        return step, holder, run
 
-    fused, flops, step = time_step(config, teacher, batch)
-    baseline, _, _ = time_step(dataclasses.replace(config, baseline=True), None,
-                               {k: v for k, v in batch.items() if k != "teacher_ids"})
-
+    fused_step, fused_holder, fused = stepper(config, teacher, batch)
+    flops = compiled_flops(fused_step.jitted, fused_holder["state"], fused_step.frozen, batch)
+    _, _, baseline = stepper(dataclasses.replace(config, baseline=True), None,
+                             {k: v for k, v in batch.items() if k != "teacher_ids"})
     teacher_fn = jax.jit(lambda p, ids: teacher_residuals(teacher, p, ids))
     teacher_params = jax.device_put(teacher.params)
-    teacher_alone = median_seconds(
-        lambda: teacher_fn(teacher_params, batch["teacher_ids"]).block_until_ready(), args.iters)
 
-    # unfused: teacher call, residuals copied to host and back, then the student step
-    state_holder = {"state": init_state(model, teacher, config)}
-    unfused_batch = {k: v for k, v in batch.items()}
+    def teacher_alone():
+        teacher_fn(teacher_params, batch["teacher_ids"]).block_until_ready()
 
-    def unfused():
-        resid = np.asarray(teacher_fn(teacher_params, batch["teacher_ids"]))
-        unfused_batch["teacher_resid"] = jax.device_put(resid)
-        state_holder["state"], m = step(state_holder["state"], unfused_batch)
-        jax.block_until_ready(m["loss"])
+    def host_copied_residuals():  # the unfused way: a separate call, residuals through host memory
+        return jax.device_put(np.asarray(teacher_fn(teacher_params, batch["teacher_ids"])))
 
-    unfused_s = median_seconds(unfused, args.iters)
+    _, _, unfused = stepper(config, teacher, batch, host_copied_residuals)
+    t = interleaved_medians({"fused": fused, "unfused": unfused, "baseline": baseline, "teacher": teacher_alone},
+                            args.iters)
     return {
         "task": task_name, "teacher_layers": teacher.n_layers, "teacher_width": teacher.d_model,
         "teacher_params": int(sum(np.size(x) for x in jax.tree.leaves(teacher.params))),
         "teacher_load_s": round(teacher_load, 2), "batch": [list(batch["inputs"].shape), list(batch["text_ids"].shape)],
-        "fused_step_s": fused, "baseline_step_s": baseline, "unfused_step_s": unfused_s,
-        "teacher_forward_s": teacher_alone, "teacher_share": teacher_alone / fused,
-        "unfused_over_fused": unfused_s / fused, "tokens_per_s": tokens / fused,
-        "step_flops": flops, "achieved_flops_per_s": (flops / fused) if flops else None,
-        "fraction_of_matmul_peak": (flops / fused / peak) if flops else None,
+        "fused_step_s": t["fused"], "baseline_step_s": t["baseline"], "unfused_step_s": t["unfused"],
+        "teacher_forward_s": t["teacher"], "teacher_share": t["teacher"] / t["fused"],
+        "unfused_over_fused": t["unfused"] / t["fused"], "tokens_per_s": tokens / t["fused"],
+        "step_flops": flops, "achieved_flops_per_s": (flops / t["fused"]) if flops else None,
+        "fraction_of_matmul_peak": (flops / t["fused"] / peak) if flops else None,
     }
 
 
@@ -115,10 +114,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--text-seq-len", type=int, default=30)
     parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--max-seq-len", default="{}", help='JSON {"count": 120} per-task teacher sizes')
+    parser.add_argument("--task-options", default="{}",
+                        help='JSON per-task options, e.g. {"shuffle-dyck": {"max_len": 12, "max_input_len": 12}}')
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
-    args.max_seq_len = json.loads(args.max_seq_len)
+    args.task_options = json.loads(args.task_options)
 
     from jinject.loading import load_model
 
