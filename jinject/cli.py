@@ -14,7 +14,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from jinject.teacher import compile_teacher
     from jinject.verify import verify_teacher
 
-    task = get_task(args.task)
+    task = get_task(args.task, **parse_task_options(args.task_option))
     t0 = time.perf_counter()
     teacher = compile_teacher(task, args.max_seq_len, cache=not args.no_cache)
     took = time.perf_counter() - t0
@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-check", type=int, default=200, help="random inputs checked against the oracle")
     p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     p.add_argument("--no-cache", action="store_true", help="recompile and do not write the disk cache")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                   help="task size option, repeatable (e.g. max_len=12 max_input_len=12 for shuffle-dyck)")
     p.set_defaults(func=cmd_compile)
 
     from jinject.config import TrainConfig
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+    except (ValueError, OSError) as e:  # user errors (bad input, missing files, offline hub): one clear line
         print(f"jinject {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -348,6 +348,12 @@ def _check_finite(records: list[dict], manager, out: Path) -> None:
             )
 
 
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
 def _to_record(step: int, metrics: dict, seconds: float) -> dict:
     rec: dict[str, Any] = {"step": step}
     for k, v in metrics.items():
@@ -382,9 +388,9 @@ def train(
         if diff:
             raise ValueError(f"{out} holds a run with a different config {diff} (old, new); "
                              "use another --out, or the same settings to resume it")
-    config.save(config_path)
 
     task, teacher, model, tokenizer = components if components is not None else build(config)
+    config.save(config_path)  # only once the run can start: a failed start leaves nothing to block a retry
     teacher_for_step = None if config.baseline else teacher
     pipeline = Pipeline(config, task, teacher_for_step, tokenizer)
     mesh = make_mesh(config)
@@ -400,12 +406,13 @@ def train(
         start = int(state["step"])
     batch_sh = batch_shardings(example, mesh)
 
+    _truncate_metrics(out / "metrics.jsonl", start)  # steps after the checkpoint are redone: log them once
     metrics_file = open(out / "metrics.jsonl", "a")
     pending: list[tuple[int, dict, float]] = []
     bar = _progress_bar(config.steps, start, progress)
     t_last = time.perf_counter()
 
-    def flush() -> None:
+    def flush() -> list[dict]:
         records = [_to_record(s, jax.device_get(m), dt) for s, m, dt in pending]
         pending.clear()
         _check_finite(records, manager, out)

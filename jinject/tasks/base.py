@@ -23,6 +23,7 @@ the same string, `Example.answer_text` the student-side continuation (`" yes."`,
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 
@@ -439,4 +440,11 @@ def get_task(name: str, **options) -> Task:
     """A built-in task by name ("shuffle-dyck", "count", "int-sum"); options override its sizes."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
+    params = inspect.signature(TASKS[name]).parameters
+    for key, value in options.items():
+        if key not in params:
+            raise ValueError(f"task {name!r} has no option {key!r}; options: {', '.join(params)}")
+        default = params[key].default
+        if isinstance(default, int | float) and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"task option {key}={value!r} must be a number like its default {default!r}")
     return TASKS[name](**options)
