@@ -110,7 +110,9 @@ def bench_task(task_name: str, model, tokenizer, args, peak: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["shuffle-dyck", "int-sum", "count"])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="a load_model name, or 'gpt2-small-random': GPT-2 small's shape with random weights and "
+                             "GPT-2's tokenizer (offline), to compare with the original code's GPT-2-small step")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--text-seq-len", type=int, default=30)
     parser.add_argument("--iters", type=int, default=5)
@@ -125,7 +127,15 @@ def main() -> None:
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}", flush=True)
     peak = matmul_peak()
     print(f"dense f32 matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)
-    model, tokenizer = load_model(args.model)
+    if args.model == "gpt2-small-random":  # step time does not depend on the weights' values
+        from jinject.models import ModelConfig, create_model
+        from jinject.tokenizer import gpt2_tokenizer
+
+        model = create_model(ModelConfig(family="gpt2", vocab_size=50257, d_model=768, n_layers=12, n_heads=12,
+                                         max_position_embeddings=1024))
+        tokenizer = gpt2_tokenizer()
+    else:
+        model, tokenizer = load_model(args.model)
     rows = []
     for name in args.tasks:
         row = bench_task(name, model, tokenizer, args, peak)
