@@ -93,11 +93,15 @@ def batch_shardings(batch: Batch, mesh: Mesh) -> Batch:
     return {k: NamedSharding(mesh, P(("data", "fsdp"))) for k in batch}
 
 
+def shard_batch(batch: Batch, shardings: Batch) -> Batch:
+    """Global arrays from a host batch that every process builds identically (it is a function of
+    (seed, step)): each process hands over only the rows its own devices hold, so this also works
+    multi-host."""
+    return {k: jax.make_array_from_callback(np.shape(v), shardings[k], lambda idx, v=v: v[idx])
+            for k, v in batch.items()}
+
+
 # --------------------------------------------------------------------------------------------- state
-
-
-def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
-    return nnx.split(model)
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -130,7 +134,7 @@ def init_state(model: nnx.Module, teacher: Any, config: TrainConfig) -> State:
     The copy matters: the step donates this state, while the original weights stay alive as the frozen
     reference of the KL term.
     """
-    _, params = split_model(model)
+    _, params = nnx.split(model)
     params = jax.tree.map(jnp.copy, params)
     d_student = model.config.d_model
     if teacher is not None:
@@ -221,7 +225,7 @@ def make_train_step(
     baked into it. With a mesh (and an example batch to read shapes from), inputs and outputs carry
     explicit shardings: batch over ("data", "fsdp"), parameters fully sharded over "fsdp".
     """
-    graphdef, original = split_model(model)
+    graphdef, original = nnx.split(model)
     loss_fn = make_loss_fn(graphdef, teacher, config, model.config.n_layers)
     tx = make_optimizer(config)
     frozen = {"original": original, "teacher": teacher.params if (teacher is not None and not config.baseline) else {}}
@@ -427,7 +431,7 @@ def train(
 
     try:
         for i in range(start, config.steps):
-            batch = jax.device_put(pipeline.batch(i), batch_sh)
+            batch = shard_batch(pipeline.batch(i), batch_sh)
             state, metrics = step_fn(state, batch)
             now = time.perf_counter()
             pending.append((i + 1, metrics, now - t_last))

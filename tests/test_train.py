@@ -188,7 +188,8 @@ MESH_WORKER = """
 import sys
 sys.path.insert(0, {tests!r})
 import jax, numpy as np, tiny
-from jinject.trainer import Pipeline, init_state, make_mesh, make_train_step, param_shardings, batch_shardings
+from jinject.trainer import (Pipeline, batch_shardings, init_state, make_mesh, make_train_step, param_shardings,
+                             shard_batch)
 assert jax.device_count() == 4, jax.devices()
 task, teacher, model, tokenizer = tiny.components()
 losses = {{}}
@@ -201,7 +202,8 @@ for name, data, fsdp, devices in [("one", 1, 1, jax.devices()[:1]), ("mesh", 2, 
     state = jax.device_put(state, param_shardings(state, mesh))
     out = []
     for i in range(4):
-        batch = jax.device_put(pipe.batch(i), batch_shardings(pipe.batch(i), mesh))
+        batch = shard_batch(pipe.batch(i), batch_shardings(pipe.batch(i), mesh))
+        assert len(batch["inputs"].sharding.device_set) == len(devices)
         state, m = step(state, batch)
         out.append([float(m[k]) for k in ("loss", "task", "kl", "align")])
     losses[name] = np.array(out)
