@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError) as e:  # user errors (bad input, missing files, offline hub): one clear line
+    except (ValueError, OSError, NotImplementedError) as e:  # bad input, missing files, offline hub, unsupported model
         print(f"jinject {args.command}: error: {e}", file=sys.stderr)
         return 2
 
