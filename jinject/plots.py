@@ -71,16 +71,23 @@ def plot_training_curves(runs: PathLike | Mapping[str, PathLike], out: PathLike 
     return _save(fig, out)
 
 
+def _placeholder(message: str, out: PathLike | None) -> Figure:
+    """A figure that says why there is nothing to plot (e.g. a baseline run has no adapter)."""
+    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    ax.set_axis_off()
+    return _save(fig, out)
+
+
 def plot_decoding_accuracy(results: Mapping[str, Any], out: PathLike | None = None) -> Figure:
     """Heatmap: decoding accuracy of each RASP variable (rows) at each aligned layer (columns); grey where
     the teacher has not computed the variable yet."""
     dec = results.get("decoding") if "decoding" in results else results
+    if not dec:
+        return _placeholder("no decoding accuracy (baseline run)", out)
     fig = Figure(figsize=(8, 6), layout="constrained")
     ax = fig.subplots()
-    if not dec:
-        ax.text(0.5, 0.5, "no decoding accuracy (baseline run)", ha="center", va="center")
-        ax.set_axis_off()
-        return _save(fig, out)
     names = list(dec["variables"])
     index = dec["student_index"]
     grid = np.array([[np.nan if a is None else a for a in dec["variables"][v]["per_layer"]] for v in names])
@@ -148,12 +155,10 @@ def plot_ood_accuracy(
 def plot_causal(results: Mapping[str, Any], out: PathLike | None = None) -> Figure:
     """Accuracy against noise norm: noise inside the answer subspace vs inside a random subspace."""
     cau = results.get("causal") if "causal" in results else results
+    if not cau:
+        return _placeholder("no causal test (baseline run)", out)
     fig = Figure(figsize=(5.5, 3.8), layout="constrained")
     ax = fig.subplots()
-    if not cau:
-        ax.text(0.5, 0.5, "no causal test (baseline run)", ha="center", va="center")
-        ax.set_axis_off()
-        return _save(fig, out)
     ax.plot(cau["norms"], cau["answer_subspace"], "o-", label=f"answer subspace (dim {cau['dim']})")
     ax.plot(cau["norms"], cau["random_subspace"], "s--", label=f"random subspace (dim {cau['dim']})")
     ax.set_xlabel(f"noise L2 norm at student hidden state {cau['student_index']}")
