@@ -104,8 +104,14 @@ class Task:
         raise NotImplementedError
 
     def parse(self, prompt: str) -> str:
-        """The problem a prompt text was made from (inverse of `prompt`)."""
-        raise NotImplementedError
+        """The problem a prompt text was made from (inverse of `prompt`): the symbols before the marker,
+        spaces dropped, validated by `symbols`."""
+        body = prompt.rstrip()
+        if not body.endswith(self.marker):
+            raise ValueError(f"{self.name} prompt must end with {self.marker!r}: {prompt!r}")
+        problem = body[: -len(self.marker)].replace(" ", "")
+        self.symbols(problem)
+        return problem
 
     def program(self, max_seq_len: int) -> rasp.SOp:
         """The RASP program (compiled causally); its output S-Op is named `answer_var`."""

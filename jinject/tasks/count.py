@@ -78,14 +78,6 @@ class Count(Task):
         self.symbols(problem)
         return str(problem.count("x"))
 
-    def parse(self, prompt: str) -> str:
-        body = prompt.rstrip()
-        if not body.endswith(self.marker):
-            raise ValueError(f"count prompt must end with {self.marker!r}: {prompt!r}")
-        problem = body[: -len(self.marker)].replace(" ", "")
-        self.symbols(problem)
-        return problem
-
     def program(self, max_seq_len: int) -> rasp.SOp:
         return make_count_program(max_seq_len, "x", self.marker, self.end_token, self.filler)
 

@@ -137,14 +137,6 @@ class ShuffleDyck(Task):
     def solve(self, problem: str) -> str:
         return "yes" if is_balanced(problem) else "no"
 
-    def parse(self, prompt: str) -> str:
-        body = prompt.rstrip()
-        if not body.endswith(self.marker):
-            raise ValueError(f"shuffle-dyck prompt must end with {self.marker!r}: {prompt!r}")
-        problem = body[: -len(self.marker)].replace(" ", "")
-        self.symbols(problem)
-        return problem
-
     # ---- teacher -----------------------------------------------------------------------------------
     def program(self, max_seq_len: int) -> rasp.SOp:
         return make_dyck_program(PAIRS, self.marker, end=self.end_token, filler=self.filler)

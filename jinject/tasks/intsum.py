@@ -178,14 +178,6 @@ class IntSum(Task):
             return f"{s:.{places}f}"
         return str(int(a) + int(b))
 
-    def parse(self, prompt: str) -> str:
-        body = prompt.rstrip()
-        if not body.endswith(self.marker):
-            raise ValueError(f"int-sum prompt must end with {self.marker!r}: {prompt!r}")
-        problem = body[: -len(self.marker)].replace(" ", "")
-        self._operands(problem)
-        return problem
-
     def program(self, max_seq_len: int) -> rasp.SOp:
         return make_intsum_program(self.n_digits, self.marker, "+", 1, self.end_token, self.filler)
 
