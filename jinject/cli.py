@@ -57,7 +57,10 @@ def train_config_from_args(args: argparse.Namespace):
     from jinject.config import TrainConfig
 
     fields = {
-        "task": args.task, "model": args.model, "baseline": args.baseline, "steps": args.steps,
+        "task": args.task, "model": args.model, "baseline": args.baseline, "align": not args.no_align,
+        "intervene": not args.no_intervene, "intervene_at": args.intervene_at, "marker_weight": args.marker_weight,
+        "align_exclude": None if args.align_exclude is None else tuple(x for x in args.align_exclude if x),
+        "adapter_warmup_steps": args.adapter_warmup_steps, "schedule": args.schedule, "steps": args.steps,
         "batch_size": args.batch_size, "text_batch_size": args.text_batch_size or args.batch_size,
         "text_seq_len": args.text_seq_len, "n_train": args.n_train, "corpus": args.corpus, "seed": args.seed,
         "align_weight": args.align_weight, "kl_weight": args.kl_weight, "layer_offset": args.layer_offset,
@@ -75,8 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     maybe_initialize_distributed()
     config = train_config_from_args(args)
-    out = args.out or f"runs/{config.task}-{'baseline' if config.baseline else 'injected'}-s{config.seed}"
-    print(f"jinject train: {'baseline' if config.baseline else 'injection'} run of {config.task} into "
+    out = args.out or f"runs/{config.task}-{config.variant}-s{config.seed}"
+    print(f"jinject train: {config.variant} run of {config.task} into "
           f"{config.model}, {config.steps} steps -> {out}", file=sys.stderr)
     try:
         run = train(config, out)
@@ -147,8 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="shuffle-dyck | count | int-sum")
     p.add_argument("--model", default=d.model, help="smollm2-135m (offline default), a HF id, or a local HF dir")
     p.add_argument("--baseline", action="store_true", help="task + KL only: no alignment, no intervention")
+    p.add_argument("--no-align", action="store_true", help="no alignment term (intervention only)")
+    p.add_argument("--no-intervene", action="store_true", help="no detach-and-roll intervention (alignment only)")
+    p.add_argument("--intervene-at", type=int, default=None, metavar="HIDDEN_INDEX",
+                   help="student hidden-state index of the intervention (default: the output of the block after "
+                        "the top aligned layer, the original's placement)")
+    p.add_argument("--align-exclude", nargs="*", default=None, metavar="VAR[@LAYER]",
+                   help="teacher variables left out of the alignment, at every layer or one (e.g. indices@0); "
+                        "default: auto (indices on hosts without absolute position embeddings); no value: none")
+    p.add_argument("--marker-weight", type=float, default=d.marker_weight,
+                   help="weight of the marker position (last prompt token) in the alignment mean")
+    p.add_argument("--adapter-warmup-steps", type=int, default=d.adapter_warmup_steps,
+                   help="train only the adapter (student frozen) for the first N steps")
     p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
-                   help="task size option, repeatable (e.g. max_len=12 max_input_len=12 for shuffle-dyck)")
+                   help="task option, repeatable (e.g. max_len=12 max_input_len=12 frame=true bos=true)")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--text-batch-size", type=int, default=None, help="default: --batch-size")
@@ -161,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter-lr", type=float, default=d.adapter_lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--schedule", default=d.schedule, choices=["constant", "cosine"],
+                   help="learning rate after warm-up: constant, or cosine decay to 0 at --steps")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip)
     p.add_argument("--align-weight", "--multiplier", type=float, default=d.align_weight,
                    help="λ: total = task + KL + λ·alignment")

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from jinject.tasks.base import BOS_PIECE
+
 STREAM_TASK, STREAM_TEXT = 0, 1
 
 
@@ -25,6 +27,12 @@ class PieceEncoder:
 
     def __call__(self, piece: str) -> int:
         if piece not in self._ids:
+            if piece == BOS_PIECE:
+                if getattr(self.tokenizer, "bos_id", None) is None:
+                    raise ValueError("the task starts with the host's BOS token (task option bos=true) but this "
+                                     "tokenizer has none; use bos=false")
+                self._ids[piece] = self.tokenizer.bos_id
+                return self._ids[piece]
             ids = self.tokenizer.encode(piece)
             if len(ids) != 1:
                 raise ValueError(

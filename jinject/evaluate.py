@@ -42,6 +42,7 @@ from jinject import objective as obj
 from jinject.data import PieceEncoder, TaskArrays, encode_examples, load_corpus, split_corpus
 
 NOISE_NORMS = (0.0, 5.0, 10.0, 30.0)
+RELATIVE_NOISE = (0.1, 0.3, 1.0)  # noise norms as fractions of the mean residual norm at the intervened layer
 EVAL_SEED = 0  # the same held-out examples for every run, so injected and baseline face the same test
 SKIP_VARIABLES = ("one",)  # tracr's constant direction: always 1, nothing to decode
 
@@ -357,6 +358,7 @@ class DecodingCollector:
                 "per_layer": per_layer,
                 "mean": float(np.mean(scored)) if scored else None,
                 "final": per_layer[-1],
+                "written": per_layer[first] if first is not None else None,  # at the layer that writes it
             }
             if kind == "numerical":
                 variables[var]["n_values"] = int(len(grid))
@@ -435,6 +437,9 @@ def decoding_accuracy(
     """
     run = mapped_and_teacher(model, teacher, adapter, student_index)
     collector = DecodingCollector(teacher, len(student_index))
+    at_marker = DecodingCollector(teacher, len(student_index))
+    marker_mask = np.zeros_like(arrays.real_mask)
+    marker_mask[np.arange(len(arrays)), arrays.answer_index[:, 0]] = 1.0  # the last prompt token
     for sl in _batches(len(arrays), batch_size):
         rows = sl.stop - sl.start
         ids = _pad_rows(arrays.inputs[sl], batch_size)
@@ -443,8 +448,11 @@ def decoding_accuracy(
         mapped = np.asarray(mapped)[:, :rows]
         if calibrated:
             mapped = calibrate(teacher, mapped)
-        collector.add(mapped, np.asarray(resid)[:, :rows], arrays.real_mask[sl])
+        resid = np.asarray(resid)[:, :rows]
+        collector.add(mapped, resid, arrays.real_mask[sl])
+        at_marker.add(mapped, resid, marker_mask[sl])
     result = collector.result(student_index)
+    result["marker"] = at_marker.result(student_index)["variables"]  # the same scores at the marker only
     result["n_examples"] = len(arrays)
     result["calibrated"] = calibrated
     return result
@@ -476,10 +484,18 @@ def causal_test(
     arrays: TaskArrays,
     *,
     norms: Sequence[float] = NOISE_NORMS,
+    relative: Sequence[float] = RELATIVE_NOISE,
     batch_size: int = 32,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Accuracy under noise in the answer subspace vs in a random subspace of equal dimension."""
+    """Accuracy under noise in the answer subspace vs in a random subspace of equal dimension.
+
+    `norms` are absolute L2 norms; `relative` are fractions of the mean L2 norm of the clean residual at
+    hidden state `at` (over real positions), which makes runs and hosts of different scales comparable.
+    """
+    for x in (*norms, *relative):
+        if not (math.isfinite(x) and x >= 0):
+            raise ValueError(f"noise norms must be finite and >= 0, got {x}")
     answer_basis = obj.answer_subspace_basis(jax.tree.map(jnp.asarray, adapter), np.asarray(answer_dims), top_layer)
     d, k = answer_basis.shape
     key = jax.random.key(seed)
@@ -494,11 +510,12 @@ def causal_test(
     def acc(basis: jax.Array, norm: float, salt: int) -> float:
         return _exact_over_batches(run, arrays, batch_size, jax.random.fold_in(key, salt), basis, jnp.float32(norm))
 
-    answer_acc, random_acc = [], []
-    for j, norm in enumerate(norms):
-        answer_acc.append(acc(answer_basis, norm, 100 + j))
-        random_acc.append(acc(rand_basis, norm, 200 + j))
-    return {
+    def curves(values: Sequence[float], salt: int) -> tuple[list[float], list[float]]:
+        pairs = [(acc(answer_basis, v, salt + j), acc(rand_basis, v, salt + 100 + j)) for j, v in enumerate(values)]
+        return [a for a, _ in pairs], [r for _, r in pairs]
+
+    answer_acc, random_acc = curves(norms, 100)
+    result = {
         "norms": [float(x) for x in norms],
         "answer_subspace": answer_acc,
         "random_subspace": random_acc,
@@ -506,6 +523,25 @@ def causal_test(
         "student_index": int(at),
         "n": len(arrays),
     }
+    if relative:
+        mean_norm = residual_norm(model, arrays, at, batch_size)
+        rel_norms = [float(r) * mean_norm for r in relative]
+        rel_answer, rel_random = curves(rel_norms, 1000)
+        result["relative"] = {"fractions": [float(r) for r in relative], "mean_norm": mean_norm,
+                              "norms": rel_norms, "answer_subspace": rel_answer, "random_subspace": rel_random}
+    return result
+
+
+def residual_norm(model: nnx.Module, arrays: TaskArrays, at: int, batch_size: int = 32) -> float:
+    """Mean L2 norm of the student's hidden state `at` over the real positions of `arrays`."""
+    norms = _jit_model(model, lambda m, ids: jnp.linalg.norm(m(ids).hidden_states[at].astype(jnp.float32), axis=-1))
+    total = count = 0.0
+    for sl in _batches(len(arrays), batch_size):
+        rows = sl.stop - sl.start
+        n = np.asarray(norms(_pad_rows(arrays.inputs[sl], batch_size)))[:rows]
+        total += float((n * arrays.real_mask[sl]).sum())
+        count += float(arrays.real_mask[sl].sum())
+    return total / max(count, 1.0)
 
 
 # -------------------------------------------------------------------------------------------- a run
@@ -538,6 +574,7 @@ def evaluate_run(
     n_text_windows: int = 32,
     text_seq_len: int = 64,
     noise_norms: Sequence[float] = NOISE_NORMS,
+    relative_noise: Sequence[float] = RELATIVE_NOISE,
     splits: Sequence[str] | None = None,
     batch_size: int = 32,
     seed: int = EVAL_SEED,
@@ -555,7 +592,7 @@ def evaluate_run(
     splits = [s for s in task.splits if s != "train"] if splits is None else list(splits)
     results: dict[str, Any] = {
         "run": {"task": config.task, "model": config.model, "baseline": bool(config.baseline),
-                "seed": config.seed, "step": int(run.step)},
+                "variant": config.variant, "seed": config.seed, "step": int(run.step)},
         "settings": {"n_examples": n_examples, "n_decode": n_decode, "n_text_windows": n_text_windows,
                      "text_seq_len": text_seq_len, "eval_seed": seed},
     }
@@ -597,8 +634,8 @@ def evaluate_run(
         n_c = n_causal if n_causal is not None else n_examples
         causal_arrays = encode_examples(test_examples[:n_c], encoder, None)
         results["causal"] = causal_test(run.model, run.adapter, teacher.answer_dims, teacher.n_layers,
-                                        int(index[-1]), causal_arrays, norms=noise_norms, batch_size=batch_size,
-                                        seed=seed)
+                                        run.intervene_at, causal_arrays, norms=noise_norms,
+                                        relative=relative_noise, batch_size=batch_size, seed=seed)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -615,7 +652,7 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 def format_table(results: dict[str, Any]) -> str:
     """The human-readable report of `evaluate_run`'s dict (what `jinject eval` prints)."""
     r = results.get("run", {})
-    kind = "baseline" if r.get("baseline") else "injected"
+    kind = r.get("variant") or ("baseline" if r.get("baseline") else "injected")
     lines = [f"{r.get('task', '?')} on {r.get('model', '?')} ({kind}, seed {r.get('seed', '?')}, "
              f"step {r.get('step', '?')})", ""]
     lines.append("exact-match accuracy (greedy)")
@@ -639,11 +676,15 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"decoding accuracy through the adapter ({dec['n_examples']} test examples, "
                      f"{dec['n_positions']} positions; '-' = variable not yet computed by the teacher)")
         head = "".join(f"{f't{i}/s{s}':>9}" for i, s in enumerate(idx))
-        lines.append(f"  {'variable':<22}{'kind':<6}{head}{'mean':>8}")
+        marker = dec.get("marker", {})
+        lines.append(f"  {'variable':<22}{'kind':<6}{head}{'mean':>8}{'written':>9}{'marker':>8}")
         for var, v in dec["variables"].items():
             cells = "".join(f"{_fmt(a):>9}" for a in v["per_layer"])
-            lines.append(f"  {var[:21]:<22}{v['kind'][:4]:<6}{cells}{_fmt(v['mean']):>8}")
-        lines.append(f"  mean over variables: {_fmt(dec['mean'])}")
+            at_marker = marker.get(var, {}).get("written")
+            lines.append(f"  {var[:21]:<22}{v['kind'][:4]:<6}{cells}{_fmt(v['mean']):>8}{_fmt(v.get('written')):>9}"
+                         f"{_fmt(at_marker):>8}")
+        lines.append(f"  mean over variables: {_fmt(dec['mean'])}   (written: at the layer that writes the variable; "
+                     "marker: the same at the last prompt token only)")
     cau = results.get("causal")
     lines.append("")
     if cau is None:
@@ -654,4 +695,10 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"  {'noise norm':>10}{'answer subspace':>18}{'random subspace':>18}")
         for n, a, b in zip(cau["norms"], cau["answer_subspace"], cau["random_subspace"], strict=True):
             lines.append(f"  {n:>10g}{_fmt(a):>18}{_fmt(b):>18}")
+        rel = cau.get("relative")
+        if rel:
+            lines.append(f"  relative to the mean residual norm there ({rel['mean_norm']:.1f}):")
+            for f, n, a, b in zip(rel["fractions"], rel["norms"], rel["answer_subspace"], rel["random_subspace"],
+                                  strict=True):
+                lines.append(f"  {f:>5g} x = {n:<7.1f}{_fmt(a):>15}{_fmt(b):>18}")
     return "\n".join(lines)

@@ -6,7 +6,7 @@ Shapes: student hidden states `h` [L_s+1, B, T, D_s]; teacher residuals `r` [L_t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +48,64 @@ def layer_map(n_teacher_layers: int, n_student_layers: int, offset: int = 0, str
     return idx
 
 
+def intervention_index(student_index: np.ndarray, n_student_layers: int, at: int | None = None) -> int:
+    """Student hidden-state index of the intervention.
+
+    Default: the OUTPUT of the block whose input is aligned with the teacher's top layer
+    (`student_index[-1] + 1`), where the original code hooked it, so the student has one block after the
+    last aligned state to write the answer into its subspace. A top layer aligned with the final hidden
+    state leaves no block after it: the intervention then sits on that state itself.
+    """
+    if at is None:
+        return min(int(student_index[-1]) + 1, n_student_layers)
+    if not 0 <= at <= n_student_layers:
+        raise ValueError(f"intervene_at={at} is not a student hidden-state index: the student has "
+                         f"{n_student_layers} blocks, so use 0..{n_student_layers}")
+    return int(at)
+
+
+def parse_exclusions(entries: Sequence[str], labels: Sequence[str], n_layers: int) -> list[tuple[str, int | None]]:
+    """`"VAR"` / `"VAR@LAYER"` -> (VAR, layer or None for every layer), checked against the teacher."""
+    names = {lab.partition(":")[0] for lab in labels}
+    out: list[tuple[str, int | None]] = []
+    for entry in entries:
+        var, sep, layer = entry.partition("@")
+        if var not in names:
+            raise ValueError(f"align_exclude entry {entry!r}: the teacher has no variable {var!r}; "
+                             f"its residual variables are {sorted(names)}")
+        if sep and not (layer.isdigit() and int(layer) <= n_layers):
+            raise ValueError(f"align_exclude entry {entry!r}: the layer must be a teacher layer 0..{n_layers}")
+        out.append((var, int(layer) if sep else None))
+    return out
+
+
+def auto_exclude(has_absolute_positions: bool) -> tuple[str, ...]:
+    """Teacher dimensions a host cannot represent: tracr's one-hot `indices` is an INPUT embedding of the
+    teacher; a host without absolute position embeddings (RoPE) has no such input, so those dimensions
+    are left out of the alignment on such hosts (GPT-2 keeps them)."""
+    return () if has_absolute_positions else ("indices",)
+
+
+def alignment_dim_weights(labels: Sequence[str], n_layers: int,
+                          exclusions: Sequence[tuple[str, int | None]]) -> np.ndarray:
+    """[L_t + 1, D_t] 0/1: which teacher residual dimensions the alignment compares at each layer."""
+    w = np.ones((n_layers + 1, len(labels)), np.float32)
+    var_of = np.array([lab.partition(":")[0] for lab in labels])
+    for var, layer in exclusions:
+        w[slice(None) if layer is None else layer, var_of == var] = 0.0
+    return w
+
+
+def alignment_position_weights(real_mask: jax.Array, marker_index: jax.Array, marker_weight: float) -> jax.Array:
+    """[B, T]: 1 at real positions, `marker_weight` at each row's marker position (the last prompt token)."""
+    if marker_weight == 1.0:
+        return real_mask
+    at_marker = jnp.arange(real_mask.shape[1])[None, :] == marker_index[:, None]
+    return jnp.where(at_marker, marker_weight, 1.0) * real_mask
+
+
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean of `x` over positions where `mask` is set; 0 (not NaN) when the mask is empty."""
+    """Mean of `x` weighted by `mask` (0/1 or weights); 0 (not NaN) when the mask is empty."""
     mask = mask.astype(jnp.float32)
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
@@ -67,16 +123,20 @@ def alignment_losses(
     teacher_resid: jax.Array,
     student_index: np.ndarray,
     mask: jax.Array,
+    dim_weights: np.ndarray | None = None,
 ) -> jax.Array:
     """Per-teacher-layer masked cosine distance between A·h_{map(i)} and r_i: shape [L_t + 1].
 
-    `mask` [B, T] marks real (non-padding) student positions; padding never counts.
+    `mask` [B, T] weighs student positions (0 at padding: padding never counts). `dim_weights`
+    [L_t + 1, D_t] (0/1) leaves teacher dimensions out of layer i's cosine, on both sides.
     """
     teacher = teacher_resid[:, :, 1:].astype(jnp.float32)  # drop teacher BOS: position t+1 <-> t
-    losses = [
-        masked_mean(cosine_distance(adapter_apply(adapter, student_hidden[s], i), teacher[i]), mask)
-        for i, s in enumerate(student_index)
-    ]
+    losses = []
+    for i, s in enumerate(student_index):
+        mapped, target = adapter_apply(adapter, student_hidden[s], i), teacher[i]
+        if dim_weights is not None:
+            mapped, target = mapped * dim_weights[i], target * dim_weights[i]
+        losses.append(masked_mean(cosine_distance(mapped, target), mask))
     return jnp.stack(losses)
 
 

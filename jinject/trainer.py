@@ -105,20 +105,30 @@ def shard_batch(batch: Batch, shardings: Batch) -> Batch:
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """AdamW with its own learning rate for the model and for the adapter (original: 1e-6 / 1e-4)."""
+    """AdamW with its own learning rate for the model and for the adapter (original: 1e-6 / 1e-4).
 
-    def adamw(lr: float) -> optax.GradientTransformation:
+    With `adapter_warmup_steps` = N the model's learning rate is 0 for the first N steps (the adapter
+    learns alone, so the student never chases a near-random map), then its own schedule starts.
+    """
+
+    def schedule(lr: float, steps: int) -> optax.Schedule:
         if config.schedule == "cosine":
-            schedule = optax.warmup_cosine_decay_schedule(0.0, lr, config.warmup_steps, max(config.steps, 1))
-        elif config.warmup_steps:
-            schedule = optax.linear_schedule(0.0, lr, config.warmup_steps)
-        else:
-            schedule = lr
-        return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay)
+            return optax.warmup_cosine_decay_schedule(0.0, lr, config.warmup_steps, max(steps, 1))
+        if config.warmup_steps:
+            return optax.linear_schedule(0.0, lr, config.warmup_steps)
+        return optax.constant_schedule(lr)
 
+    def adamw(lr: optax.Schedule) -> optax.GradientTransformation:
+        return optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay)
+
+    frozen_for = config.adapter_warmup_steps
+    model_lr = schedule(config.lr, config.steps - frozen_for)
+    if frozen_for:
+        model_lr = optax.join_schedules([optax.constant_schedule(0.0), model_lr], [frozen_for])
     labels = lambda tree: {"params": jax.tree.map(lambda _: "model", tree["params"]),
                            "adapter": jax.tree.map(lambda _: "adapter", tree["adapter"])}
-    tx = optax.multi_transform({"model": adamw(config.lr), "adapter": adamw(config.adapter_lr)}, labels)
+    tx = optax.multi_transform({"model": adamw(model_lr), "adapter": adamw(schedule(config.adapter_lr, config.steps))},
+                               labels)
     if config.grad_clip:
         tx = optax.chain(optax.clip_by_global_norm(config.grad_clip), tx)
     return tx
@@ -126,6 +136,33 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 def n_adapter_maps(config: TrainConfig, teacher: Any) -> int:
     return teacher.n_layers + 1 if config.per_layer_adapter else 1
+
+
+@dataclass(frozen=True)
+class ObjectivePlan:
+    """Where the objective acts in the student: static numbers the jitted step closes over."""
+
+    student_index: np.ndarray  # student hidden state aligned with each teacher layer 0..L_t
+    intervene_at: int  # student hidden state of the detach-and-roll (also used by the causal test)
+    dim_weights: np.ndarray  # [L_t + 1, D_t] 0/1: teacher dimensions the alignment compares
+    excluded: tuple[str, ...]  # the resolved align_exclude entries
+
+
+def objective_plan(config: TrainConfig, teacher: Any, model_config: Any) -> ObjectivePlan:
+    """Resolve the layer map, the intervention site and the alignment's left-out dimensions; every
+    inconsistency (teacher deeper than the host, a bad index, an unknown variable) is refused here."""
+    n_student = model_config.n_layers
+    index = obj.layer_map(teacher.n_layers, n_student, config.layer_offset, config.layer_stride)
+    at = obj.intervention_index(index, n_student, config.intervene_at)
+    excluded = (config.align_exclude if config.align_exclude is not None
+                else obj.auto_exclude(model_config.absolute_positions))
+    excluded = tuple(e for e in excluded if config.align_exclude is not None
+                     or e.partition("@")[0] in {lab.partition(":")[0] for lab in teacher.labels})
+    weights = obj.alignment_dim_weights(teacher.labels, teacher.n_layers,
+                                        obj.parse_exclusions(excluded, teacher.labels, teacher.n_layers))
+    if not weights.any(axis=1).all():
+        raise ValueError(f"align_exclude {list(excluded)} leaves some teacher layer with no dimension to align")
+    return ObjectivePlan(index, at, weights, excluded)
 
 
 def init_state(model: nnx.Module, teacher: Any, config: TrainConfig) -> State:
@@ -137,7 +174,7 @@ def init_state(model: nnx.Module, teacher: Any, config: TrainConfig) -> State:
     _, params = nnx.split(model)
     params = jax.tree.map(jnp.copy, params)
     d_student = model.config.d_model
-    if teacher is not None:
+    if teacher is not None and not config.baseline:
         adapter = obj.init_adapter(jax.random.key(config.seed), d_student, teacher.d_model,
                                    n_adapter_maps(config, teacher))
     else:  # the baseline carries no adapter
@@ -173,35 +210,41 @@ def answer_logits(student: nnx.Module, out: Any, batch: Batch, use_full_logits: 
     return logits, targets, batch["answer_valid"]
 
 
-def make_loss_fn(graphdef: nnx.GraphDef, teacher: Any, config: TrainConfig, n_student_layers: int) -> Callable:
-    """loss(trainable, frozen, batch) -> (total, metrics): the whole objective, pure."""
-    injected = not config.baseline
+def make_loss_fn(graphdef: nnx.GraphDef, teacher: Any, config: TrainConfig, model_config: Any) -> Callable:
+    """loss(trainable, frozen, batch) -> (total, metrics): the whole objective, pure.
+
+    Alignment and intervention are independent switches (`config.align`, `config.intervene`); the
+    baseline has neither.
+    """
+    plan = None if config.baseline else objective_plan(config, teacher, model_config)
     intervened_top = False
-    if injected:
-        student_index = obj.layer_map(teacher.n_layers, n_student_layers, config.layer_offset, config.layer_stride)
+    if plan is not None:
         answer_dims = np.asarray(teacher.answer_dims)
         top = teacher.n_layers
-        intervened_top = int(student_index[-1]) == n_student_layers
+        intervened_top = config.intervene and plan.intervene_at == model_config.n_layers
+        dim_weights = None if plan.dim_weights.all() else jnp.asarray(plan.dim_weights)
 
     def loss_fn(trainable: dict, frozen: dict, batch: Batch) -> tuple[jax.Array, dict]:
         student = nnx.merge(graphdef, trainable["params"])
         metrics: dict[str, jax.Array] = {}
-        if injected:
-            adapter = trainable["adapter"]
+        align = jnp.zeros(())
+        hook = {}
+        if config.intervene:
+            basis = obj.answer_subspace_basis(trainable["adapter"], answer_dims, top)
+            hook = {"intervene": obj.make_intervention(basis), "intervene_at": plan.intervene_at}
+        out = student(batch["inputs"], **hook)
+        if config.align:
             if "teacher_resid" in batch:  # computed outside the step (the unfused way, for benchmarks)
                 resid = jax.lax.stop_gradient(batch["teacher_resid"])
             else:
                 resid = jax.lax.stop_gradient(teacher_residuals(teacher, frozen["teacher"], batch["teacher_ids"]))
-            basis = obj.answer_subspace_basis(adapter, answer_dims, top)
-            out = student(batch["inputs"], intervene=obj.make_intervention(basis),
-                          intervene_at=int(student_index[-1]))
-            per_layer = obj.alignment_losses(adapter, out.hidden_states, resid, student_index, batch["real_mask"])
+            weights = obj.alignment_position_weights(batch["real_mask"], batch["answer_index"][:, 0],
+                                                     config.marker_weight)
+            per_layer = obj.alignment_losses(trainable["adapter"], out.hidden_states, resid, plan.student_index,
+                                             weights, dim_weights)
             align = jnp.sum(per_layer)
             metrics["align"] = align
             metrics["align_per_layer"] = per_layer
-        else:
-            out = student(batch["inputs"])
-            align = jnp.zeros(())
         logits, targets, valid = answer_logits(student, out, batch, intervened_top)
         task = obj.answer_cross_entropy(logits, targets, valid)
         token_acc, exact = obj.answer_accuracy(logits, targets, valid)
@@ -226,9 +269,9 @@ def make_train_step(
     explicit shardings: batch over ("data", "fsdp"), parameters fully sharded over "fsdp".
     """
     graphdef, original = nnx.split(model)
-    loss_fn = make_loss_fn(graphdef, teacher, config, model.config.n_layers)
+    loss_fn = make_loss_fn(graphdef, teacher, config, model.config)
     tx = make_optimizer(config)
-    frozen = {"original": original, "teacher": teacher.params if (teacher is not None and not config.baseline) else {}}
+    frozen = {"original": original, "teacher": teacher.params if (teacher is not None and config.align) else {}}
 
     def step_fn(state: State, frozen: dict, batch: Batch) -> tuple[State, dict]:
         trainable = {"params": state["params"], "adapter": state["adapter"]}
@@ -299,9 +342,17 @@ class Run:
     original: nnx.Module | None = None  # the untrained model, for retention metrics
 
     @property
+    def plan(self) -> ObjectivePlan:
+        return objective_plan(self.config, self.teacher, self.model.config)
+
+    @property
     def student_index(self) -> np.ndarray:
-        return obj.layer_map(self.teacher.n_layers, self.model.config.n_layers,
-                             self.config.layer_offset, self.config.layer_stride)
+        return self.plan.student_index
+
+    @property
+    def intervene_at(self) -> int:
+        """Where training intervened (or, for an align-only run, would have): the causal test's site."""
+        return self.plan.intervene_at
 
 
 def build(config: TrainConfig) -> tuple[Any, Any, nnx.Module, Any]:
@@ -316,7 +367,7 @@ def build(config: TrainConfig) -> tuple[Any, Any, nnx.Module, Any]:
     if config.remat:
         model.config = dataclasses.replace(model.config, remat=True)
     if not config.baseline:
-        obj.layer_map(teacher.n_layers, model.config.n_layers, config.layer_offset, config.layer_stride)
+        objective_plan(config, teacher, model.config)
     return task, teacher, model, tokenizer
 
 
@@ -492,9 +543,9 @@ def heldout_metrics(run: Run, n: int = 256, split: str = "test", batch_size: int
     arrays = encode_examples(examples, PieceEncoder(run.tokenizer), teacher)
     text = TextStream(split_corpus(load_corpus(config.corpus))[1], run.tokenizer)
     graphdef, params = nnx.split(run.model)
-    loss_fn = jax.jit(make_loss_fn(graphdef, teacher, config, run.model.config.n_layers))
+    loss_fn = jax.jit(make_loss_fn(graphdef, teacher, config, run.model.config))
     frozen = {"original": nnx.split(run.original)[1] if run.original is not None else params,
-              "teacher": teacher.params if teacher is not None else {}}
+              "teacher": teacher.params if (teacher is not None and config.align) else {}}
     trainable = {"params": params, "adapter": jax.tree.map(jnp.asarray, run.adapter)}
     sums: dict[str, Any] = {}
     n_batches = 0

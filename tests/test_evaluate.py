@@ -282,6 +282,36 @@ def test_causal_test_noise_zero_is_a_no_op_and_answer_subspace_matters(setup):
     assert res["answer_subspace"][1] >= res["answer_subspace"][2]
 
 
+def test_causal_test_noise_relative_to_the_residual_norm(setup):
+    student, teacher, task, encoder, arrays = setup
+    res = ev.causal_test(student, identity_adapter(student), teacher.answer_dims, 2, 2, arrays,
+                         norms=(0.0,), relative=(0.0, 0.5, 3.0), batch_size=64)
+    rel = res["relative"]
+    # the student's hidden state 2 is E·r_2: its norm is the teacher residual's norm
+    r2 = np.asarray(fake_residuals(jnp.asarray(arrays.teacher_ids)))[2, :, 1:]
+    real = arrays.real_mask > 0
+    assert rel["mean_norm"] == pytest.approx(float(np.linalg.norm(r2[real], axis=-1).mean()), rel=1e-4)
+    np.testing.assert_allclose(rel["norms"], [0.0, 0.5 * rel["mean_norm"], 3.0 * rel["mean_norm"]], rtol=1e-6)
+    assert rel["answer_subspace"][0] == rel["random_subspace"][0] == 1.0
+    assert rel["answer_subspace"][2] < rel["random_subspace"][2] - 0.15
+    for bad in ((float("nan"),), (-1.0,)):
+        with pytest.raises(ValueError, match="finite and >= 0"):
+            ev.causal_test(student, identity_adapter(student), teacher.answer_dims, 2, 2, arrays, norms=bad)
+
+
+def test_decoding_at_the_marker_and_at_the_written_layer(setup):
+    student, teacher, _, _, arrays = setup
+    adapter = identity_adapter(student)
+    w = adapter["w"].copy()
+    w[0][:, [7, 8]] = w[0][:, [8, 7]]
+    res = ev.decoding_accuracy(student, teacher, {"w": w, "b": adapter["b"]}, np.array([0, 1, 2]), arrays)
+    assert res["variables"]["parity"]["written"] == 0.0 and res["variables"]["tokens"]["written"] == 1.0
+    marker = res["marker"]
+    assert marker["parity"]["per_layer"] == [None, 0.0, 0.0] and marker["tokens"]["final"] == 1.0
+    good = ev.decoding_accuracy(student, teacher, adapter, np.array([0, 1, 2]), arrays)
+    assert good["marker"]["frac_a"]["written"] == 1.0
+
+
 def test_generation_accuracy_and_retention(setup):
     student, _, task, encoder, _ = setup
     examples = task.examples("ood_long", 12, 0)  # longer than the teacher holds: fine for accuracy
@@ -301,7 +331,7 @@ def _fake_run(baseline: bool):
     config = TrainConfig(task="parity", model="fake", baseline=baseline)
     return SimpleNamespace(config=config, task=FakeTask(), teacher=FakeTeacher(), model=student,
                            tokenizer=FakeTokenizer(), adapter=identity_adapter(student), step=7,
-                           original=student, student_index=np.array([0, 1, 2]))
+                           original=student, student_index=np.array([0, 1, 2]), intervene_at=2)
 
 
 def test_evaluate_run_writes_eval_json_and_table(tmp_path, monkeypatch):

@@ -49,8 +49,9 @@ def frozen_and_trainable(model, teacher, config):
 
 def test_injection_learns_task_and_alignment(tmp_path):
     # a GPT-2-style student: its learned position embeddings can hold the teacher's `indices` at layer 0
-    # (a RoPE student's embeddings carry no position, a floor of ~0.14 on layer 0 alone)
-    comps = tiny.components(d_model=64, family="gpt2")
+    # (a RoPE student's embeddings carry no position, a floor of ~0.14 on layer 0 alone). Two blocks more
+    # than the teacher: the default intervention sits on the output of the block after the top aligned one.
+    comps = tiny.components(d_model=64, family="gpt2", extra_layers=2)
     cfg = tiny.config(steps=400, batch_size=16, checkpoint_every=400, log_every=50, grad_clip=1.0,
                       schedule="cosine", warmup_steps=20)
     train(cfg, tmp_path, components=comps, progress=False)
@@ -75,7 +76,7 @@ def test_padding_does_not_change_the_loss(comps):
     short = encode_examples(examples, enc, teacher, seq_len=teacher.max_seq_len - 3)
     long = encode_examples(examples, enc, teacher, seq_len=teacher.max_seq_len)
     graphdef, trainable, frozen = frozen_and_trainable(model, teacher, config)
-    loss_fn = jax.jit(make_loss_fn(graphdef, teacher, config, model.config.n_layers))
+    loss_fn = jax.jit(make_loss_fn(graphdef, teacher, config, model.config))
     text = Pipeline(config, task, teacher, tokenizer).text.batch(0, 0, 4, 16)
     b_short = {**short.take(np.arange(8)), **text}
     b_long = {**long.take(np.arange(8)), **text}
@@ -93,14 +94,14 @@ def test_teacher_gets_no_gradient_and_baseline_has_no_alignment(comps):
     config = tiny.config()
     batch = Pipeline(config, task, teacher, tokenizer).batch(0)
     graphdef, trainable, frozen = frozen_and_trainable(model, teacher, config)
-    loss_fn = make_loss_fn(graphdef, teacher, config, model.config.n_layers)
+    loss_fn = make_loss_fn(graphdef, teacher, config, model.config)
     g_frozen = jax.grad(lambda f: loss_fn(trainable, f, batch)[0])(frozen)
     for leaf in jax.tree.leaves(g_frozen["teacher"]):
         np.testing.assert_array_equal(leaf, 0.0)
     # baseline: task + KL only, no teacher needed at all
     base_cfg = tiny.config(baseline=True)
     graphdef, trainable, frozen = frozen_and_trainable(model, None, base_cfg)
-    loss, m = make_loss_fn(graphdef, None, base_cfg, model.config.n_layers)(trainable, frozen, batch)
+    loss, m = make_loss_fn(graphdef, None, base_cfg, model.config)(trainable, frozen, batch)
     assert "align" not in m
     np.testing.assert_allclose(loss, m["task"] + m["kl"], rtol=1e-6)
 

@@ -67,6 +67,11 @@ class ModelConfig:
 
     # Derived values (properties, so the dataclass stays the single source of truth).
     @property
+    def absolute_positions(self) -> bool:
+        """Whether the embeddings carry the position (GPT-2's learned table; Llama's RoPE acts inside attention)."""
+        return self.family == "gpt2"
+
+    @property
     def kv_heads(self) -> int:
         return self.n_kv_heads or self.n_heads
 

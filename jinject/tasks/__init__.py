@@ -4,6 +4,6 @@
 """
 
 from jinject.tasks import count, dyck, intsum  # noqa: F401  (registers the built-in tasks)
-from jinject.tasks.base import TASKS, Example, RaspTask, Task, get_task, rasp_task, register_task
+from jinject.tasks.base import BOS_PIECE, TASKS, Example, RaspTask, Task, get_task, rasp_task, register_task
 
-__all__ = ["Task", "Example", "RaspTask", "get_task", "rasp_task", "register_task", "TASKS"]
+__all__ = ["BOS_PIECE", "Task", "Example", "RaspTask", "get_task", "rasp_task", "register_task", "TASKS"]

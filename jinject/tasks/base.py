@@ -32,7 +32,16 @@ from tracr.rasp import rasp
 
 from jinject.tasks import rasp_lib
 
-__all__ = ["Example", "Task", "RaspTask", "rasp_task", "get_task", "register_task", "TASKS"]
+__all__ = ["Example", "Task", "RaspTask", "rasp_task", "get_task", "register_task", "TASKS", "BOS_PIECE"]
+
+# The student's beginning-of-sequence token as a piece: the piece encoder maps it to the tokenizer's BOS id.
+# It is not text, so prompt texts leave it out.
+BOS_PIECE = "<|bos|>"
+
+
+def join_text(pieces: Iterable[str]) -> str:
+    """The text of some pieces (the BOS piece is a token, not text)."""
+    return "".join(p for p in pieces if p != BOS_PIECE)
 
 TEST_POOL_MOD = 8  # a problem belongs to the test pool iff crc32(problem) % 8 == 0 (train/test disjoint)
 
@@ -52,7 +61,7 @@ class Example:
     @property
     def answer_text(self) -> str:
         """The continuation the student must generate (answer pieces joined, end marker included)."""
-        return "".join(self.answer_pieces)
+        return join_text(self.answer_pieces)
 
     @property
     def n_pieces(self) -> int:
@@ -85,6 +94,20 @@ class Task:
     end_piece: str = "."  # student piece that ends every answer
     filler: str = "_"  # teacher token for framing pieces
     answer_var: str = "answer"  # name of the program's output S-Op
+    frame_pieces: tuple[str, ...] = ()  # the task's question in words (each one student token), before the symbols
+    frame: bool = False  # put the question in words before the symbols (teacher: filler)
+    bos: bool = False  # start with the student's BOS token (teacher: filler)
+
+    # ---- framing -----------------------------------------------------------------------------------
+    def prefix_units(self) -> list[tuple[str, str]]:
+        """(piece, teacher token) before the problem's symbols: the host's BOS and the question in words,
+        when switched on; the teacher reads them all as its filler token."""
+        units = [(BOS_PIECE, self.filler)] if self.bos else []
+        return units + [(w, self.filler) for w in (self.frame_pieces if self.frame else ())]
+
+    @property
+    def prefix_len(self) -> int:
+        return len(self.prefix_units())
 
     # ---- hooks -------------------------------------------------------------------------------------
     def symbols(self, problem: str) -> list[str]:
@@ -109,6 +132,9 @@ class Task:
         body = prompt.rstrip()
         if not body.endswith(self.marker):
             raise ValueError(f"{self.name} prompt must end with {self.marker!r}: {prompt!r}")
+        frame = join_text(self.frame_pieces)
+        if frame and body.startswith(frame):
+            body = body[len(frame):]
         problem = body[: -len(self.marker)].replace(" ", "")
         self.symbols(problem)
         return problem
@@ -165,7 +191,7 @@ class Task:
         return tuple(p for p, _ in prompt), tuple(p for p, _ in answer)
 
     def prompt(self, problem: str) -> str:
-        return "".join(p for p, _ in self.prompt_units(problem))
+        return join_text(p for p, _ in self.prompt_units(problem))
 
     def teacher_tokens(self, problem: str) -> tuple[str, ...]:
         """One teacher token per piece of prompt + answer (BOS not included)."""
@@ -204,7 +230,7 @@ class Task:
         prompt, answer = self.units(problem)
         return Example(
             problem=problem,
-            prompt="".join(p for p, _ in prompt),
+            prompt=join_text(p for p, _ in prompt),
             answer=self.solve(problem),
             prompt_pieces=tuple(p for p, _ in prompt),
             answer_pieces=tuple(p for p, _ in answer),
@@ -451,6 +477,9 @@ def get_task(name: str, **options) -> Task:
         if key not in params:
             raise ValueError(f"task {name!r} has no option {key!r}; options: {', '.join(params)}")
         default = params[key].default
-        if isinstance(default, int | float) and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"task option {key}={value!r} must be true or false")
+        elif isinstance(default, int | float) and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise ValueError(f"task option {key}={value!r} must be a number like its default {default!r}")
     return TASKS[name](**options)

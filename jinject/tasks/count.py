@@ -51,23 +51,26 @@ class Count(Task):
     marker = "="
     end_token = "."
     end_piece = "."
+    frame_pieces = ("How", " many", " x", " are", " in", " this", " text", ":")  # "How many x are in this text: x y ="
 
-    def __init__(self, min_len: int = 5, max_len: int = 40, ood_max_len: int = 120, max_input_len: int = 120):
+    def __init__(self, min_len: int = 5, max_len: int = 40, ood_max_len: int = 120, max_input_len: int = 120,
+                 frame: bool = False, bos: bool = False):
         if not 1 <= min_len <= max_len <= max_input_len:
             raise ValueError("need 1 <= min_len <= max_len <= max_input_len")
         self.min_len, self.max_len, self.ood_max_len = min_len, max_len, ood_max_len
         self.max_input_len = max_input_len
+        self.frame, self.bos = frame, bos
         self.default_max_seq_len = self._need(max_input_len)
 
-    @staticmethod
-    def _need(n_symbols: int) -> int:
-        return n_symbols + 1 + len(str(n_symbols)) + 1  # symbols, marker, digits of the count, end
+    def _need(self, n_symbols: int) -> int:
+        """Teacher positions for n symbols: prefix, symbols, marker, digits of the count, end."""
+        return self.prefix_len + n_symbols + 1 + len(str(n_symbols)) + 1
 
     def symbols(self, problem: str) -> list[str]:
         return split_symbols(problem, ("x", "y", OOD_LETTER), self.name)
 
     def prompt_units(self, problem: str) -> list[tuple[str, str]]:
-        return [*((f" {s}", s) for s in self.symbols(problem)), (f" {self.marker}", self.marker)]
+        return [*self.prefix_units(), *((f" {s}", s) for s in self.symbols(problem)), (f" {self.marker}", self.marker)]
 
     def answer_units(self, answer: str) -> list[tuple[str, str]]:
         if not answer.isdigit():

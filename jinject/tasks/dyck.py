@@ -114,20 +114,23 @@ class ShuffleDyck(Task):
     marker = "?"
     end_token = "."
     end_piece = "."
+    frame_pieces = ("Are", " these", " brackets", " balanced", ":")  # "Are these brackets balanced: ( [ ) ] ?"
 
-    def __init__(self, min_len: int = 5, max_len: int = 30, ood_max_len: int = 90, max_input_len: int = 40):
+    def __init__(self, min_len: int = 5, max_len: int = 30, ood_max_len: int = 90, max_input_len: int = 40,
+                 frame: bool = False, bos: bool = False):
         if not 0 <= min_len <= max_len <= max_input_len:
             raise ValueError("need 0 <= min_len <= max_len <= max_input_len")
         self.min_len, self.max_len, self.ood_max_len = min_len, max_len, ood_max_len
         self.max_input_len = max_input_len
-        self.default_max_seq_len = max_input_len + 3  # symbols + marker + yes/no + end
+        self.frame, self.bos = frame, bos
+        self.default_max_seq_len = self.prefix_len + max_input_len + 3  # prefix, symbols, marker, yes/no, end
 
     # ---- pieces ------------------------------------------------------------------------------------
     def symbols(self, problem: str) -> list[str]:
         return split_symbols(problem, "".join(PAIRS + (OOD_PAIR,)), self.name)
 
     def prompt_units(self, problem: str) -> list[tuple[str, str]]:
-        return [*((f" {s}", s) for s in self.symbols(problem)), (f" {self.marker}", self.marker)]
+        return [*self.prefix_units(), *((f" {s}", s) for s in self.symbols(problem)), (f" {self.marker}", self.marker)]
 
     def answer_units(self, answer: str) -> list[tuple[str, str]]:
         if answer not in ("yes", "no"):
@@ -172,10 +175,10 @@ class ShuffleDyck(Task):
         raise ValueError(f"unknown split {split!r}")
 
     def max_problem_len(self, split: str) -> int | None:
-        return self.max_len + 3 if split in ("train", "test") else None
+        return self.prefix_len + self.max_len + 3 if split in ("train", "test") else None
 
     def edge_cases(self, max_seq_len: int) -> list[str]:
-        n = max_seq_len - 3
+        n = max_seq_len - 3 - self.prefix_len
         half = n // 2
         cases = ["", "(", ")", "()", ")(", "([)]", "())(", "(()", "{[(])}", "([{}])", "(]"]
         cases += ["(" * n, ")" * n, "[" * n, "}" * n]

@@ -141,13 +141,15 @@ class IntSum(Task):
     marker = "="
     end_token = "."
     end_piece = "\n"
+    frame_pieces = ("What", " is", " the", " sum", ":", " ")  # "What is the sum: 213 + 391 ="
 
-    def __init__(self, n_digits: int = 3, max_operand: int = 450):
+    def __init__(self, n_digits: int = 3, max_operand: int = 450, frame: bool = False, bos: bool = False):
         if n_digits < 1 or not 1 <= max_operand <= 10**n_digits:
             raise ValueError("need n_digits >= 1 and 1 <= max_operand <= 10**n_digits")
         self.n_digits, self.max_operand = n_digits, max_operand
-        # a, "+", " ", b, "=", up to n_digits + 1 answer digits, end
-        self.default_max_seq_len = 2 * n_digits + 3 + (n_digits + 1) + 1
+        self.frame, self.bos = frame, bos
+        # prefix, a, "+", " ", b, "=", up to n_digits + 1 answer digits, end
+        self.default_max_seq_len = self.prefix_len + 2 * n_digits + 3 + (n_digits + 1) + 1
 
     def _operands(self, problem: str) -> tuple[str, str]:
         for ch in problem:
@@ -165,7 +167,8 @@ class IntSum(Task):
     def prompt_units(self, problem: str) -> list[tuple[str, str]]:
         a, b = self._operands(problem)
         digit = lambda c: (c, c) if c != "." else (".", "dot")  # "dot": outside the teacher vocab
-        return [*map(digit, a), (" +", "+"), (" ", self.filler), *map(digit, b), (" =", self.marker)]
+        return [*self.prefix_units(), *map(digit, a), (" +", "+"), (" ", self.filler), *map(digit, b),
+                (" =", self.marker)]
 
     def answer_units(self, answer: str) -> list[tuple[str, str]]:
         return [(c, c) if c != "." else (".", "dot") for c in answer]
@@ -224,7 +227,7 @@ class IntSum(Task):
         if split not in ("train", "test"):
             return None
         m = self.max_operand - 1
-        return 2 * len(str(m)) + 3 + len(str(2 * m)) + 1
+        return self.prefix_len + 2 * len(str(m)) + 3 + len(str(2 * m)) + 1
 
     def edge_cases(self, max_seq_len: int) -> list[str]:
         top = 10**self.n_digits - 1

@@ -1,0 +1,187 @@
+"""The objective's switches: alignment and intervention apart, the intervention site, left-out teacher
+dimensions, the marker weight, the adapter-only warm-up, and the framed/BOS prompts."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tiny
+from flax import nnx
+
+from jinject import objective as obj
+from jinject.config import TrainConfig
+from jinject.data import PieceEncoder
+from jinject.models.base import CausalLM
+from jinject.tasks import BOS_PIECE, get_task
+from jinject.trainer import Pipeline, init_state, make_loss_fn, make_train_step, objective_plan
+
+
+@pytest.fixture(scope="module")
+def comps():
+    return tiny.components(extra_layers=2)
+
+
+def loss_and_metrics(comps, batch=None, **overrides):
+    task, teacher, model, tokenizer = comps
+    config = tiny.config(**overrides)
+    batch = batch if batch is not None else Pipeline(config, task, teacher, tokenizer).batch(0)
+    state = init_state(model, teacher, config)
+    graphdef, original = nnx.split(model)
+    frozen = {"original": original, "teacher": teacher.params}
+    trainable = {"params": state["params"], "adapter": state["adapter"]}
+    loss, metrics = make_loss_fn(graphdef, teacher, config, model.config)(trainable, frozen, batch)
+    return float(loss), jax.tree.map(np.asarray, metrics)
+
+
+def test_config_switches_and_variant_names():
+    assert TrainConfig().variant == "injected"
+    base = TrainConfig(baseline=True)
+    assert (base.align, base.intervene, base.variant) == (False, False, "baseline")
+    assert TrainConfig(align=False, intervene=False).baseline  # both off is the baseline
+    assert TrainConfig(intervene=False).variant == "align-only"
+    assert TrainConfig(align=False).variant == "intervene-only"
+    assert TrainConfig.from_dict(TrainConfig(align_exclude=["indices@0"]).__dict__).align_exclude == ("indices@0",)
+    with pytest.raises(ValueError, match="list of"):
+        TrainConfig(align_exclude="indices")
+    with pytest.raises(ValueError, match="marker_weight"):
+        TrainConfig(marker_weight=-1.0)
+    with pytest.raises(ValueError, match="leaves no step"):
+        TrainConfig(steps=10, adapter_warmup_steps=10)
+
+
+def test_alignment_only_has_no_intervention_and_intervention_only_has_no_alignment(comps):
+    base_loss, base = loss_and_metrics(comps, baseline=True)
+    _, align_only = loss_and_metrics(comps, intervene=False)
+    # no intervention: the task loss is the plain forward's, the baseline's exactly
+    np.testing.assert_allclose(align_only["task"], base["task"], rtol=1e-6)
+    assert align_only["align"] > 0
+    loss, interv_only = loss_and_metrics(comps, align=False)
+    assert "align" not in interv_only
+    np.testing.assert_allclose(loss, interv_only["task"] + interv_only["kl"], rtol=1e-6)
+    assert abs(float(interv_only["task"]) - float(base["task"])) > 1e-4  # the bottleneck changes the answer
+
+
+def test_intervention_sits_at_the_configured_hidden_index(comps, monkeypatch):
+    task, teacher, model, _ = comps
+    seen = []
+    original_call = CausalLM.__call__
+
+    def spy(self, ids, intervene=None, intervene_at=None):
+        if intervene is not None:
+            seen.append(intervene_at)
+        return original_call(self, ids, intervene=intervene, intervene_at=intervene_at)
+
+    monkeypatch.setattr(CausalLM, "__call__", spy)
+    top = teacher.n_layers  # bottom-aligned: the teacher's top layer <-> student hidden state n_layers
+    loss_and_metrics(comps)
+    loss_and_metrics(comps, intervene_at=2)
+    loss_and_metrics(comps, intervene=False)
+    assert seen == [top + 1, 2]  # default: the output of the block after the top aligned one
+    assert objective_plan(tiny.config(layer_offset=1), teacher, model.config).intervene_at == top + 2
+    with pytest.raises(ValueError, match="intervene_at=99"):
+        objective_plan(tiny.config(intervene_at=99), teacher, model.config)
+
+
+def test_a_left_out_teacher_dimension_does_not_change_the_loss(comps):
+    task, teacher, model, tokenizer = comps
+    config = tiny.config()
+    batch = Pipeline(config, task, teacher, tokenizer).batch(0)
+    resid = np.asarray(teacher.run(batch["teacher_ids"]))
+    indices = np.array([i for i, lab in enumerate(teacher.labels) if lab.startswith("indices:")])
+    assert len(indices) > 0
+    other = resid.copy()
+    other[..., indices] = np.random.default_rng(0).normal(size=other[..., indices].shape)
+    for exclude, same in ((["indices"], True), ([], False)):
+        l1, m1 = loss_and_metrics(comps, {**batch, "teacher_resid": resid}, align_exclude=exclude)
+        l2, m2 = loss_and_metrics(comps, {**batch, "teacher_resid": other}, align_exclude=exclude)
+        assert np.allclose(m1["align_per_layer"], m2["align_per_layer"], rtol=1e-6) == same, exclude
+    # "VAR@LAYER" leaves it out at that teacher layer only
+    _, a = loss_and_metrics(comps, {**batch, "teacher_resid": resid}, align_exclude=["indices@0"])
+    _, b = loss_and_metrics(comps, {**batch, "teacher_resid": other}, align_exclude=["indices@0"])
+    assert a["align_per_layer"][0] == pytest.approx(b["align_per_layer"][0], rel=1e-6)
+    assert not np.allclose(a["align_per_layer"][1:], b["align_per_layer"][1:])
+    with pytest.raises(ValueError, match="no variable 'nope'"):
+        loss_and_metrics(comps, align_exclude=["nope"])
+    with pytest.raises(ValueError, match="teacher layer 0..4"):
+        loss_and_metrics(comps, align_exclude=["indices@9"])
+
+
+def test_auto_exclusion_depends_on_the_host_positions(comps):
+    _, teacher, model, _ = comps
+    rope = objective_plan(tiny.config(), teacher, model.config)
+    assert rope.excluded == ("indices",)
+    gpt2_like = SimpleNamespace(n_layers=model.config.n_layers, absolute_positions=True)
+    gpt2 = objective_plan(tiny.config(), teacher, gpt2_like)
+    assert gpt2.excluded == () and gpt2.dim_weights.all()
+    assert objective_plan(tiny.config(align_exclude=[]), teacher, model.config).excluded == ()
+
+
+def test_marker_weight_counts_the_marker_position_more(comps):
+    mask = jnp.array([[1.0, 1.0, 1.0, 0.0]])
+    w = obj.alignment_position_weights(mask, jnp.array([1]), 5.0)
+    np.testing.assert_array_equal(w, [[1.0, 5.0, 1.0, 0.0]])
+    x = jnp.array([[0.0, 1.0, 0.0, 7.0]])
+    assert float(obj.masked_mean(x, w)) == pytest.approx(5.0 / 7.0)
+    _, one = loss_and_metrics(comps)
+    _, five = loss_and_metrics(comps, marker_weight=5.0)
+    assert not np.allclose(one["align_per_layer"], five["align_per_layer"])
+
+
+def test_adapter_warmup_keeps_the_student_frozen(comps):
+    task, teacher, model, tokenizer = comps
+    config = tiny.config(adapter_warmup_steps=3, steps=6)
+    step = make_train_step(model, teacher, config)
+    state = init_state(model, teacher, config)
+    params0 = jax.tree.map(np.array, state["params"])
+    adapter0 = jax.tree.map(np.array, state["adapter"])
+    pipeline = Pipeline(config, task, teacher, tokenizer)
+    for i in range(3):
+        state, _ = step(state, pipeline.batch(i))
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, state["params"]), params0)
+    assert not np.allclose(np.asarray(state["adapter"]["w"]), adapter0["w"])
+    state, _ = step(state, pipeline.batch(3))
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state["params"], params0))
+    assert max(moved) > 0
+
+
+@pytest.mark.parametrize("name,problem", [("shuffle-dyck", "([)]"), ("count", "xyx"), ("int-sum", "21+39")])
+def test_framed_prompts_with_bos(name, problem):
+    plain = get_task(name)
+    task = get_task(name, frame=True, bos=True)
+    ex, ex0 = task.example(problem), plain.example(problem)
+    n = len(task.frame_pieces) + 1
+    assert ex.prompt_pieces[0] == BOS_PIECE and ex.prompt_pieces[n:] == ex0.prompt_pieces
+    assert ex.teacher_tokens[:n] == (task.filler,) * n and ex.teacher_tokens[n:] == ex0.teacher_tokens
+    assert ex.prompt == "".join(task.frame_pieces) + ex0.prompt  # BOS is a token, not text
+    assert task.parse(ex.prompt) == problem == task.parse(ex0.prompt)
+    assert task.default_max_seq_len == plain.default_max_seq_len + n
+    assert ex.answer == ex0.answer
+    with pytest.raises(ValueError, match="true or false"):
+        get_task(name, frame=1)
+
+
+def test_bos_piece_is_the_tokenizer_bos_and_every_frame_word_one_token():
+    from jinject.loading import load_tokenizer
+    from jinject.tokenizer import gpt2_tokenizer, make_test_tokenizer
+
+    for tokenizer in (gpt2_tokenizer(), load_tokenizer("smollm2-135m")):
+        enc = PieceEncoder(tokenizer)
+        assert enc(BOS_PIECE) == tokenizer.bos_id
+        for name in ("shuffle-dyck", "count", "int-sum"):
+            enc.encode(get_task(name, frame=True).frame_pieces)  # raises unless every word is one token
+    with pytest.raises(ValueError, match="tokenizer has none"):
+        PieceEncoder(make_test_tokenizer(["a"], specials=("<pad>",)))(BOS_PIECE)
+
+
+def test_framed_teacher_answers_like_the_oracle():
+    from jinject.teacher import compile_teacher
+    from jinject.verify import verify_teacher
+
+    task = get_task("shuffle-dyck", **tiny.OPTIONS, frame=True, bos=True)
+    teacher = compile_teacher(task)
+    assert teacher.answer(task.prompt(")(")) == "no" and teacher.answer(task.prompt("([)]")) == "yes"
+    assert verify_teacher(teacher, n_random=40).ok
