@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+# Above this the training pool (Python objects, generated and tokenised one by one) costs minutes and
+# gigabytes for nothing: batches are drawn with replacement from it.
+MAX_N_TRAIN = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -60,24 +69,35 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.baseline:
             object.__setattr__(self, "align", False)
             object.__setattr__(self, "intervene", False)
         object.__setattr__(self, "baseline", not (self.align or self.intervene))
-        if self.align_exclude is not None:
-            if isinstance(self.align_exclude, str):
-                raise ValueError(f"align_exclude must be a list of 'VAR' or 'VAR@LAYER' entries, "
-                                 f"got the string {self.align_exclude!r}")
-            object.__setattr__(self, "align_exclude", tuple(self.align_exclude))
         positive = ("steps", "batch_size", "text_batch_size", "text_seq_len", "n_train", "layer_stride",
                     "checkpoint_every", "log_every", "keep_checkpoints", "mesh_fsdp")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "adapter_lr", "weight_decay", "align_weight", "kl_weight", "warmup_steps",
-                     "adapter_warmup_steps", "marker_weight"):
+                     "adapter_warmup_steps", "marker_weight", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.seed >= 2**31:
+            raise ValueError(f"seed must be below 2**31, got {self.seed}")
+        if self.grad_clip is not None and self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be > 0 (a negative bound flips the sign of every gradient; "
+                             f"None or 0: no clipping), got {self.grad_clip}")
+        if self.teacher_max_seq_len is not None and self.teacher_max_seq_len < 1:
+            raise ValueError(f"teacher_max_seq_len must be >= 1 (None: the task's default), got "
+                             f"{self.teacher_max_seq_len}")
+        if self.n_train > MAX_N_TRAIN:
+            raise ValueError(f"n_train={self.n_train:,} is above the limit of {MAX_N_TRAIN:,}: the pool is generated "
+                             f"and tokenised in Python and held in memory (about 1 KB and 0.1 ms per example, so "
+                             f"{MAX_N_TRAIN:,} already take ~{MAX_N_TRAIN // 10_000} s and ~1 GB); batches are drawn "
+                             "with replacement, so a larger pool adds little")
+        if self.mesh_data != -1 and self.mesh_data < 1:
+            raise ValueError(f"mesh_data must be >= 1 (or -1: every device the fsdp axis leaves), got {self.mesh_data}")
         if self.layer_offset < 0:
             raise ValueError(f"layer_offset must be >= 0, got {self.layer_offset}")
         if self.intervene_at is not None and self.intervene_at < 0:
@@ -89,6 +109,31 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if not self.task:
+            raise ValueError("task must be a task name, e.g. 'shuffle-dyck', got an empty string")
+        if not self.model:
+            raise ValueError("model must be a model name or path, e.g. 'smollm2-135m', got an empty string")
+
+    def _check_types(self) -> None:
+        """Every field against its annotation, so that a wrong type fails here with the field's name and not
+        later as a comparison error or a traceback deep inside a compile. Integers refuse floats and strings,
+        floats accept integers (and must be finite), booleans refuse anything else, `None` only where
+        Optional. numpy scalars are accepted and stored as Python numbers (config.json stays plain JSON)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind, optional = _FIELD_KINDS[f.name]
+            if value is None:
+                if optional:
+                    continue
+                raise ValueError(f"{f.name} must be {_KIND_WORDS[kind]}, got None")
+            fixed = _coerce(kind, value)
+            if fixed is _BAD:
+                raise ValueError(f"{f.name} must be {_KIND_WORDS[kind]}{' or None' if optional else ''}, "
+                                 f"got {value!r} ({type(value).__name__})")
+            if kind == "float" and not math.isfinite(fixed):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+            if fixed is not value:
+                object.__setattr__(self, f.name, fixed)
 
     @property
     def variant(self) -> str:
@@ -101,7 +146,11 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        """Written atomically (a reader never sees half a file, a crash never leaves one)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(self.to_json() + "\n")
+        os.replace(tmp, path)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -113,4 +162,72 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a config.json; every problem (unreadable, not JSON, a wrong field) names the file."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not a text file ({e.reason}); it should hold the run's TrainConfig "
+                             "as JSON") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); it should "
+                             "hold the run's TrainConfig: repair it, or train into a new --out") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a TrainConfig object")
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------- field types
+
+_BAD = object()
+_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+               "dict": "a dict of task options (name -> number, string or boolean)",
+               "strs": "a list of strings ('VAR' or 'VAR@LAYER')"}
+
+
+def _kind(annotation: str) -> tuple[str, bool]:
+    """('int' | 'float' | 'bool' | 'str' | 'dict' | 'strs', optional) from a field's annotation string."""
+    parts = [p.strip() for p in annotation.split("|")]
+    optional = "None" in parts
+    base = next(p for p in parts if p != "None")
+    kind = {"int": "int", "float": "float", "bool": "bool", "str": "str"}.get(base)
+    if kind is None:
+        kind = "dict" if base.startswith("dict") else "strs" if base.startswith("tuple[str") else ""
+    if not kind:
+        raise TypeError(f"TrainConfig: no type check for annotation {annotation!r}")
+    return kind, optional
+
+
+def _coerce(kind: str, value: Any) -> Any:
+    """`value` as the field kind wants it (numpy scalars -> Python), or _BAD."""
+    if kind == "bool":
+        return bool(value) if isinstance(value, bool | np.bool_) else _BAD
+    if isinstance(value, bool | np.bool_):
+        return _BAD  # True is an int in Python; never a number here
+    if kind == "int":
+        return (value if type(value) is int else int(value)) if isinstance(value, numbers.Integral) else _BAD
+    if kind == "float":
+        if not isinstance(value, numbers.Real):
+            return _BAD
+        return value if type(value) in (int, float) else float(value)
+    if kind == "str":
+        return value if isinstance(value, str) else os.fspath(value) if isinstance(value, os.PathLike) else _BAD
+    if kind == "dict":
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return _BAD
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            return _BAD
+        return value
+    if kind == "strs":
+        if isinstance(value, str) or not isinstance(value, list | tuple) or not all(isinstance(x, str) for x in value):
+            return _BAD
+        return tuple(value)
+    return _BAD
+
+
+_FIELD_KINDS = {f.name: _kind(f.type) for f in dataclasses.fields(TrainConfig)}

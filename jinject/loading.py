@@ -42,6 +42,7 @@ __all__ = [
     "state_dict_from_model",
     "TABLES",
     "OfflineError",
+    "peek_model_config",
 ]
 
 SMOLLM2_ALIASES = ("smollm2-135m", "smollm2", "smollm2-135m-instruct")
@@ -325,14 +326,28 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     out = {}
     # framework="flax" reads bfloat16 too (numpy's reader cannot); np.asarray then gives ml_dtypes arrays.
-    with safe_open(str(path), framework="flax") as f:
-        for k in f.keys():
-            out[k] = np.asarray(f.get_tensor(k))
+    try:
+        with safe_open(str(path), framework="flax") as f:
+            for k in f.keys():
+                out[k] = np.asarray(f.get_tensor(k))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({' '.join(str(e).split())[:160]}); it is "
+                         "damaged or truncated: download or export the model again") from None
     return out
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """json.loads of a file, every failure naming the file (a bare JSONDecodeError names no file)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} ({what}) is not a text file: {e.reason}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} ({what}) is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
 
 
 def _build(config: ModelConfig, state: Mapping[str, Any]) -> CausalLM:
@@ -344,14 +359,19 @@ def load_hf_dir(path: str | Path, dtype: str = "float32", **overrides: Any) -> t
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} has no config.json (not a Hugging Face model directory)")
-    hf = json.loads((path / "config.json").read_text())
-    config = config_from_hf(hf, **{"dtype": dtype, "param_dtype": dtype, **overrides})
+    hf = read_json_file(path / "config.json", "the model's Hugging Face config")
+    config = _config_from_file(hf, path / "config.json", **{"dtype": dtype, "param_dtype": dtype, **overrides})
     if (path / "model.safetensors").exists():
         state = _read_safetensors(path / "model.safetensors")
     elif (path / "model.safetensors.index.json").exists():
-        index = json.loads((path / "model.safetensors.index.json").read_text())
+        index = read_json_file(path / "model.safetensors.index.json", "the index of the weight shards")
+        if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+            raise ValueError(f"{path / 'model.safetensors.index.json'} has no 'weight_map' object")
         state = {}
         for shard in sorted(set(index["weight_map"].values())):
+            if not (path / shard).is_file():
+                raise FileNotFoundError(f"{path / shard} (a weight shard listed in model.safetensors.index.json) "
+                                        "is missing")
             state.update(_read_safetensors(path / shard))
     elif any(path.glob("*.bin")):
         raise NotImplementedError(f"{path} holds only PyTorch .bin weights; convert them to safetensors first")
@@ -366,6 +386,108 @@ def load_hf_dir(path: str | Path, dtype: str = "float32", **overrides: Any) -> t
             raise FileNotFoundError(f"{path} has no tokenizer files (tokenizer.json or vocab.json + merges.txt)")
     _check_tokenizer(tokenizer, config)
     return model, tokenizer
+
+
+def _config_from_file(hf: Any, path: Path, **overrides: Any) -> ModelConfig:
+    """config_from_hf for a config.json on disk: a missing or mistyped key names the file."""
+    if not isinstance(hf, dict):
+        raise ValueError(f"{path} holds a JSON {type(hf).__name__}, not a Hugging Face config object")
+    try:
+        return config_from_hf(hf, **overrides)
+    except KeyError as e:
+        raise ValueError(f"{path} lacks the key {e.args[0]!r} that a {hf.get('model_type')} config needs") from None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def peek_model_config(name_or_path: str | os.PathLike) -> ModelConfig | None:
+    """The ModelConfig `load_model` would build, read from metadata only (no weights): a Hugging Face
+    directory's config.json, a GGUF header. None for hub ids (known only once fetched). Lets callers refuse
+    options that do not fit the model (layer map, intervention index) before a long load."""
+    name = os.fspath(name_or_path)
+    if name.lower() in SMOLLM2_ALIASES:
+        return _gguf_config(smollm2_gguf_path())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} has no config.json (not a Hugging Face model directory)")
+        return _config_from_file(read_json_file(path / "config.json", "the model's Hugging Face config"),
+                                 path / "config.json")
+    if path.is_file() and path.suffix == ".gguf":
+        return _gguf_config(path)
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{name!r} is neither a Hugging Face model directory nor a .gguf file")
+    return None
+
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def gguf_metadata(path: str | Path, keys: set[str]) -> dict[str, Any]:
+    """Scalar metadata `keys` of a GGUF file, read straight from its header (gguf.GGUFReader parses every
+    tokenizer array first, which takes seconds to tens of seconds)."""
+    import struct
+
+    found: dict[str, Any] = {}
+    with open(path, "rb") as f:
+        def read(fmt: str) -> Any:
+            size = struct.calcsize(fmt)
+            data = f.read(size)
+            if len(data) != size:
+                raise ValueError(f"{path} is truncated: its GGUF header ends early")
+            return struct.unpack(fmt, data)[0]
+
+        def read_str() -> str:
+            n = read("<Q")
+            return f.read(n).decode("utf-8", "replace")
+
+        def skip(vtype: int) -> None:
+            if vtype in _GGUF_SCALARS:
+                f.seek(struct.calcsize(_GGUF_SCALARS[vtype]), 1)
+            elif vtype == 8:
+                f.seek(read("<Q"), 1)
+            elif vtype == 9:
+                item, n = read("<I"), read("<Q")
+                if item in _GGUF_SCALARS:
+                    f.seek(n * struct.calcsize(_GGUF_SCALARS[item]), 1)
+                else:
+                    for _ in range(n):
+                        skip(item)
+            else:
+                raise ValueError(f"{path}: unknown GGUF value type {vtype}")
+
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file (no GGUF magic number)")
+        read("<I")  # version
+        read("<Q")  # tensor count
+        for _ in range(read("<Q")):
+            key, vtype = read_str(), read("<I")
+            if key in keys and vtype in _GGUF_SCALARS:
+                found[key] = read(_GGUF_SCALARS[vtype])
+            elif key in keys and vtype == 8:
+                found[key] = read_str()
+            else:
+                skip(vtype)
+            if len(found) == len(keys):
+                break
+    return found
+
+
+def _gguf_config(path: Path) -> ModelConfig:
+    """A llama GGUF file's ModelConfig from its header: the sizes that decide the layer map."""
+    meta = gguf_metadata(path, {"general.architecture", "llama.block_count", "llama.embedding_length",
+                                "llama.attention.head_count", "llama.attention.head_count_kv",
+                                "llama.feed_forward_length", "llama.context_length", "llama.vocab_size"})
+    if meta.get("general.architecture") != "llama":
+        arch = meta.get("general.architecture")
+        raise NotImplementedError(f"GGUF architecture {arch!r} is not supported (llama only)")
+    n_heads = int(meta["llama.attention.head_count"])
+    d = int(meta["llama.embedding_length"])
+    return ModelConfig(family="llama", vocab_size=int(meta.get("llama.vocab_size", 1)), d_model=d,
+                       n_layers=int(meta["llama.block_count"]), n_heads=n_heads,
+                       n_kv_heads=int(meta.get("llama.attention.head_count_kv", n_heads)),
+                       d_ff=int(meta["llama.feed_forward_length"]),
+                       max_position_embeddings=int(meta.get("llama.context_length", 2048)))
 
 
 def _check_tokenizer(tokenizer: Tokenizer, config: ModelConfig) -> None:

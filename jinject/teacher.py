@@ -32,7 +32,7 @@ import math
 import os
 import pickle
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ from tracr.rasp import rasp
 
 from jinject.tasks import Task, get_task, rasp_lib
 
-__all__ = ["Teacher", "VarInfo", "compile_teacher", "teacher_fingerprint", "cache_dir", "BOS", "PAD"]
+__all__ = ["Teacher", "VarInfo", "compile_teacher", "check_teacher_size", "teacher_fingerprint", "cache_dir", "BOS",
+           "PAD"]
 
 FORMAT_VERSION = 1
 BOS = "<bos>"
@@ -438,13 +439,34 @@ def _compile(task: Task, program: rasp.SOp, max_seq_len: int, mlp_exactness: flo
     }
 
 
+def check_teacher_size(task: Task, max_seq_len: int | None) -> int:
+    """The teacher size `compile_teacher` would build (None: the task's default), refused with the limit and
+    the reason when it is not a positive integer, cannot hold even the task's shortest problem, or is beyond
+    what tracr compiles in reasonable time and memory. Cheap: nothing is compiled."""
+    n = task.default_max_seq_len if max_seq_len is None else max_seq_len
+    if isinstance(n, bool) or not isinstance(n, int | np.integer):
+        raise ValueError(f"max_seq_len must be an integer (None: the task's default), got {n!r}")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"max_seq_len must be >= 1 (None: the task's default {task.default_max_seq_len}), got {n}")
+    shortest = task.min_seq_len() if hasattr(task, "min_seq_len") else None
+    if shortest is not None and n < shortest:
+        raise ValueError(f"a {task.name} teacher with max_seq_len={n} holds no problem at all: the shortest one needs "
+                         f"{shortest} positions with its answer; use max_seq_len >= {shortest} "
+                         f"(default {task.default_max_seq_len})")
+    cap = getattr(task, "max_teacher_seq_len", None)
+    if cap is not None and n > cap:
+        why = getattr(task, "teacher_size_reason", "")
+        raise ValueError(f"a {task.name} teacher with max_seq_len={n} is above the limit of {cap}: {why}; "
+                         f"shorten the task's lengths (--task-option) or --max-seq-len")
+    return n
+
+
 def _prepare(task: Task, max_seq_len: int | None):
     """Canonical program, tracr graph with inferred value sets, and the cache key."""
     from tracr.compiler import basis_inference, rasp_to_graph
 
-    n = int(max_seq_len or task.default_max_seq_len)
-    if n < 1:
-        raise ValueError(f"max_seq_len must be positive, got {n}")
+    n = check_teacher_size(task, max_seq_len)
     program = rasp_lib.canonicalize(task.program(n))
     vocab = set(task.teacher_vocab())
     if BOS in vocab or PAD in vocab:
@@ -470,11 +492,14 @@ def compile_teacher(
     cache: bool = True,
     cache_path: str | Path | None = None,
     verbose: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> Teacher:
     """Compile `task`'s RASP program with tracr (causal) or load it from the on-disk cache.
 
-    `max_seq_len` (default `task.default_max_seq_len`) counts teacher tokens without the BOS.
+    `max_seq_len` (default `task.default_max_seq_len`) counts teacher tokens without the BOS; sizes that
+    hold no problem or are beyond `task.max_teacher_seq_len` are refused at once (`check_teacher_size`).
     `cache_path` overrides the cache directory (`$JINJECT_CACHE` or `~/.cache/jinject/teachers`).
+    `progress(message)` is told when a real compile (not a cache load) starts: it can take minutes.
     """
     if isinstance(task, str):
         task = get_task(task)
@@ -495,6 +520,8 @@ def compile_teacher(
                 return teacher
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
             pass  # a broken cache file is recompiled and overwritten
+    if progress is not None:
+        progress(f"compiling the {task.name} teacher (max_seq_len {n}) with tracr; it is cached afterwards")
     meta = _compile(task, program, n, exactness, extracted)
     meta["key"] = key
     meta["compile_seconds"] = time.perf_counter() - t0

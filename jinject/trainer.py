@@ -11,8 +11,8 @@ Python users drive it directly:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -31,6 +31,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jinject import objective as obj
+from jinject import rundir
 from jinject.config import TrainConfig
 from jinject.data import (
     PieceEncoder,
@@ -51,7 +52,7 @@ RESUMABLE_CHANGES = frozenset({"steps", "log_every", "checkpoint_every", "keep_c
 
 
 class TrainingDiverged(RuntimeError):
-    """A loss became NaN/inf; the run stopped before that state could reach a checkpoint."""
+    """A loss or the state became NaN/inf; the run stopped before that state could reach a checkpoint."""
 
 
 # ------------------------------------------------------------------------------------- mesh/shardings
@@ -390,23 +391,25 @@ def _abstract(state: State) -> State:
                         state)
 
 
-def _check_finite(records: list[dict], manager, out: Path) -> None:
+def _last_good(verified: int | None, out: Path) -> str:
+    if verified is None:
+        return "no checkpoint had been written yet"
+    return f"the last good checkpoint (step {verified}, checked finite) in {out / 'checkpoints'} is intact"
+
+
+def _check_finite(records: list[dict], verified: int | None, out: Path) -> None:
     for rec in records:
         bad = [k for k in ("loss", "task", "kl", "align") if k in rec and not math.isfinite(rec[k])]
         if bad:
-            last = manager.latest_step()
-            where = f"the last good checkpoint (step {last}) in {out / 'checkpoints'} is intact" if last is not None \
-                else "no checkpoint had been written yet"
             raise TrainingDiverged(
                 f"loss became non-finite at step {rec['step']} ({', '.join(f'{k}={rec[k]}' for k in bad)}); "
-                f"stopped, {where}. Try a lower --lr / --adapter-lr or --grad-clip."
+                f"stopped, {_last_good(verified, out)}. Try a lower --lr / --adapter-lr or --grad-clip."
             )
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
-        path.write_text("".join(ln + "\n" for ln in lines))
+    """Keep the steps <= last_step (kept for callers; `rundir.prepare_metrics` also keeps lost logs aside)."""
+    rundir.prepare_metrics(path, last_step)
 
 
 def _to_record(step: int, metrics: dict, seconds: float) -> dict:
@@ -418,6 +421,101 @@ def _to_record(step: int, metrics: dict, seconds: float) -> dict:
     return rec
 
 
+def check_out_dir(out: Path) -> None:
+    """`out` must be a directory or not exist yet (checked before anything is loaded)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file, not a run directory; choose a directory path")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, so no directory can be made under it")
+            if not os.access(parent, os.W_OK) and not out.exists():
+                raise ValueError(f"--out {out}: no permission to create a directory in {parent}")
+            break
+
+
+def _binding_config(out: Path, config: TrainConfig, say: Callable[[str], None]) -> None:
+    """A run directory binds its config once its first checkpoint exists: then a different config is refused
+    (only RESUMABLE_CHANGES may differ). Before that (a start that failed) a new config simply replaces it."""
+    config_path = out / "config.json"
+    steps = rundir.checkpoint_steps(out / "checkpoints")
+    if not steps:
+        if config_path.exists():
+            try:
+                same = TrainConfig.load(config_path) == config
+            except ValueError:
+                same = False
+            if not same:
+                say(f"jinject train: note: {config_path} belongs to a start that never reached a checkpoint; "
+                    "it is replaced by this run's config")
+        return
+    if not config_path.exists():
+        raise ValueError(f"{out} holds checkpoints (steps {steps}) but no config.json, so nothing says which settings "
+                         "made them; restore config.json, or use another --out")
+    previous = TrainConfig.load(config_path)
+    free = RESUMABLE_CHANGES - ({"steps"} if config.schedule == "cosine" else set())  # cosine decays to `steps`
+    diff = {f.name: (getattr(previous, f.name), getattr(config, f.name)) for f in dataclasses.fields(config)
+            if getattr(previous, f.name) != getattr(config, f.name) and f.name not in free}
+    if diff:
+        raise ValueError(f"{out} holds a run with a different config {diff} (old, new); "
+                         "use another --out, or the same settings to resume it")
+
+
+def _restore_for_training(manager, state: State, out: Path, config: TrainConfig, say: Callable[[str], None]):
+    """(manager, state, start step, step checked finite or None): the newest usable checkpoint. Damaged newer
+    steps are renamed `checkpoints/corrupt-<step>` (a new save of that step would collide with them) and
+    reported; when no step is usable nothing is moved and the run is refused with one line."""
+    ckpt_dir = out / "checkpoints"
+    if manager.latest_step() is None:
+        return manager, state, 0, None
+    restored = rundir.restore_newest_readable(manager, _abstract(state), ckpt_dir)
+    if restored.skipped:
+        manager.close()
+        for step, why in restored.skipped:
+            aside = rundir.move_aside(ckpt_dir, step)
+            say(f"jinject train: note: checkpoint step {step} is {why}; resuming from step {restored.step} "
+                f"instead (the damaged one is kept as {aside})")
+        manager = checkpoint_manager(out, config)
+    return manager, restored.state, int(restored.state["step"]), restored.step
+
+
+def estimate_step_memory(config: TrainConfig, model_config: Any, seq_len: int) -> int:
+    """A LOWER bound of the bytes one train step needs at once: the student's hidden states for the task
+    batch and for the text batch, plus the vocabulary logits of the KL term (student and frozen reference).
+    Real use is several times more (attention, MLP activations, gradients); this is only for refusing sizes
+    that cannot possibly fit."""
+    act = 2 if config.dtype == "bfloat16" else 4
+    layers = model_config.n_layers + 1
+    hidden = (config.batch_size * seq_len + config.text_batch_size * config.text_seq_len) * model_config.d_model
+    logits = 2 * config.text_batch_size * config.text_seq_len * model_config.vocab_size * 4
+    return hidden * layers * act + logits
+
+
+def available_memory() -> tuple[int | None, str]:
+    """(bytes, what) of the memory one device may use: the accelerator's limit, else physical RAM."""
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+        if stats.get("bytes_limit"):
+            return int(stats["bytes_limit"]), f"the {jax.devices()[0].device_kind} memory"
+    except Exception:  # noqa: BLE001 - backends without memory stats
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's RAM"
+    except (ValueError, OSError, AttributeError):
+        return None, ""
+
+
+def check_memory(config: TrainConfig, model_config: Any, seq_len: int) -> None:
+    need = estimate_step_memory(config, model_config, seq_len)
+    have, what = available_memory()
+    if have is not None and need > have:
+        raise ValueError(
+            f"batch_size={config.batch_size} x {seq_len} tokens and text_batch_size={config.text_batch_size} x "
+            f"text_seq_len={config.text_seq_len} need at least {need / 2**30:.1f} GiB for the activations and "
+            f"logits of one step (a lower bound), more than the {have / 2**30:.1f} GiB of {what}; lower "
+            "--batch-size / --text-batch-size / --text-seq-len")
+
+
 def train(
     config: TrainConfig,
     out: str | Path,
@@ -425,54 +523,65 @@ def train(
     on_step: Callable[[int, dict | None], None] | None = None,
     progress: bool = True,
     components: tuple | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> Run:
     """Train (or resume) a run in `out`: metrics.jsonl, config.json and orbax checkpoints live there.
 
     Resuming needs the same config as the run in `out`; a different one is refused rather than mixed.
     `components` = (task, teacher, model, tokenizer) skips `build(config)` (tests, notebooks).
     `on_step(step, record_or_None)` is called after every step (record when metrics were fetched).
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "config.json"
-    if config_path.exists():
-        previous = TrainConfig.load(config_path)
-        free = RESUMABLE_CHANGES - ({"steps"} if config.schedule == "cosine" else set())  # cosine decays to `steps`
-        diff = {f.name: (getattr(previous, f.name), getattr(config, f.name)) for f in dataclasses.fields(config)
-                if getattr(previous, f.name) != getattr(config, f.name) and f.name not in free}
-        if diff:
-            raise ValueError(f"{out} holds a run with a different config {diff} (old, new); "
-                             "use another --out, or the same settings to resume it")
+    `say` receives one-line notes (a damaged checkpoint skipped, an old log kept aside); default stderr.
 
+    Reliability: `out/.lock` admits one trainer at a time; config.json binds the directory only once the
+    first checkpoint exists; every state is checked finite (and its digest recorded) before it is saved;
+    the newest checkpoint that restores whole is used; metrics.jsonl is never cut below its checkpoint.
+    """
+    say = say or rundir.say_stderr
+    out = Path(out)
+    check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # one lock per run directory: the processes of a multi-host run share it, the first one holds it
+    lock = rundir.run_lock(out) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _train_locked(config, out, on_step, progress, components, say)
+
+
+def _train_locked(config: TrainConfig, out: Path, on_step, progress: bool, components, say) -> Run:
+    _binding_config(out, config, say)
+    mesh = make_mesh(config)  # before loading anything: a mesh the devices cannot make fails at once
     task, teacher, model, tokenizer = components if components is not None else build(config)
-    config.save(config_path)  # only once the run can start: a failed start leaves nothing to block a retry
     teacher_for_step = None if config.baseline else teacher
+    if config.n_train >= 100_000:
+        say(f"jinject train: generating and tokenising {config.n_train:,} training examples "
+            f"(roughly {config.n_train / 10_000:.0f} s) ...")
     pipeline = Pipeline(config, task, teacher_for_step, tokenizer)
-    mesh = make_mesh(config)
+    check_memory(config, model.config, pipeline.task_arrays.inputs.shape[1])  # before any batch is built
     example = pipeline.batch(0)
     step_fn = make_train_step(model, teacher_for_step, config, mesh=mesh, example_batch=example)
     manager = checkpoint_manager(out, config)
 
     state = init_state(model, teacher_for_step, config)
     state = jax.device_put(state, param_shardings(state, mesh))
-    start = 0
-    if manager.latest_step() is not None:
-        state = restore_state(manager, _abstract(state))
-        start = int(state["step"])
+    try:
+        manager, state, start, verified = _restore_for_training(manager, state, out, config, say)
+    except BaseException:
+        manager.close()
+        raise
     batch_sh = batch_shardings(example, mesh)
 
-    _truncate_metrics(out / "metrics.jsonl", start)  # steps after the checkpoint are redone: log them once
+    rundir.prepare_metrics(out / "metrics.jsonl", start, say)  # steps after the checkpoint are redone
     metrics_file = open(out / "metrics.jsonl", "a")
     pending: list[tuple[int, dict, float]] = []
     bar = _progress_bar(config.steps, start, progress)
     t_last = time.perf_counter()
+    config_written = False
 
     def flush() -> list[dict]:
         records = [_to_record(s, jax.device_get(m), dt) for s, m, dt in pending]
         pending.clear()
-        _check_finite(records, manager, out)
+        _check_finite(records, verified, out)
         for rec in records:
-            metrics_file.write(json.dumps(rec) + "\n")
+            metrics_file.write(rundir.json_line(rec))
         metrics_file.flush()
         if records:
             last = records[-1]
@@ -495,7 +604,19 @@ def train(
             if done % config.checkpoint_every == 0 or done == config.steps:
                 import orbax.checkpoint as ocp
 
+                summary = rundir.state_summary(state)  # outside the step: one reduction, at checkpoint time only
+                if not summary.finite:
+                    parts = ", ".join(rundir.non_finite_parts(state)) or "the state"
+                    raise TrainingDiverged(
+                        f"{parts} became non-finite by step {done} although the logged losses were finite (an "
+                        f"update overflowed); stopped before saving it, {_last_good(verified, out)}. Try a lower "
+                        "--lr / --adapter-lr or --grad-clip.")
+                if not config_written:  # the directory binds its config from its first checkpoint on
+                    config.save(out / "config.json")
+                    config_written = True
+                rundir.record_digest(out / "checkpoints", done, summary.digest)
                 manager.save(done, args=ocp.args.StandardSave(state))
+                verified = done
             if on_step is not None:
                 on_step(done, records[-1] if records else None)
         manager.wait_until_finished()
@@ -516,21 +637,52 @@ def _progress_bar(total: int, initial: int, enabled: bool):
                 mininterval=0.5 if tty else 30.0, desc="train", unit="step")
 
 
-def load_run(out: str | Path, step: int | None = None, components: tuple | None = None) -> Run:
-    """Rebuild a run from its directory: config, task, teacher, trained model, adapter."""
+def read_run_config(out: str | Path) -> TrainConfig:
+    """The config of a run directory, checked without loading anything: the directory, its config.json and at
+    least one checkpoint must exist (fast, so the CLI can refuse bad input before a model load)."""
     out = Path(out)
+    if not out.exists():
+        raise FileNotFoundError(f"run directory {out} does not exist; train one with `jinject train --out {out}`")
+    if not out.is_dir():
+        raise ValueError(f"{out} is a file, not a run directory (from `jinject train --out DIR`)")
+    steps = rundir.checkpoint_steps(out / "checkpoints")
     if not (out / "config.json").exists():
+        if (out / "metrics.jsonl").exists() and not steps:
+            raise FileNotFoundError(f"{out} has no checkpoint yet (its training has not reached the first one); "
+                                    "wait for it, or resume the training")
         raise FileNotFoundError(f"{out} is not a jinject run directory (no config.json); train one with "
                                 "`jinject train --out DIR`")
     config = TrainConfig.load(out / "config.json")
+    if not steps:
+        raise FileNotFoundError(f"{out} has no checkpoint yet; wait for the first checkpoint or resume training")
+    return config
+
+
+def load_run(out: str | Path, step: int | None = None, components: tuple | None = None,
+             say: Callable[[str], None] | None = None) -> Run:
+    """Rebuild a run from its directory: config, task, teacher, trained model, adapter.
+
+    Read-only (safe while the run still trains): the newest checkpoint that restores whole, matches its
+    digest and is finite is used; a newer one that does not (e.g. half-written) is skipped with a note to
+    `say` (default stderr). `step` asks for one step exactly.
+    """
+    say = say or rundir.say_stderr
+    out = Path(out)
+    config = read_run_config(out)
     task, teacher, model, tokenizer = components if components is not None else build(config)
     manager = checkpoint_manager(out, config)
     if manager.latest_step() is None:
+        manager.close()
         raise FileNotFoundError(f"{out} has no checkpoint yet; wait for the first checkpoint or resume training")
     teacher_for_state = None if config.baseline else teacher
     template = init_state(model, teacher_for_state, config)
-    state = restore_state(manager, _abstract(template), step)
-    manager.close()
+    try:
+        restored = rundir.restore_newest_readable(manager, _abstract(template), out / "checkpoints", step)
+    finally:
+        manager.close()
+    for s_, why in restored.skipped:
+        say(f"jinject: note: checkpoint step {s_} in {out / 'checkpoints'} is {why}; using step {restored.step}")
+    state = restored.state
     trained = nnx.merge(nnx.graphdef(model), state["params"])
     return Run(config, task, teacher, trained, tokenizer, jax.device_get(state["adapter"]), int(state["step"]), model)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 
@@ -32,7 +33,8 @@ from tracr.rasp import rasp
 
 from jinject.tasks import rasp_lib
 
-__all__ = ["Example", "Task", "RaspTask", "rasp_task", "get_task", "register_task", "TASKS", "BOS_PIECE"]
+__all__ = ["Example", "Task", "RaspTask", "rasp_task", "get_task", "register_task", "TASKS", "BOS_PIECE",
+           "MAX_PROBLEM_LEN"]
 
 # The student's beginning-of-sequence token as a piece: the piece encoder maps it to the tokenizer's BOS id.
 # It is not text, so prompt texts leave it out.
@@ -97,6 +99,11 @@ class Task:
     frame_pieces: tuple[str, ...] = ()  # the task's question in words (each one student token), before the symbols
     frame: bool = False  # put the question in words before the symbols (teacher: filler)
     bos: bool = False  # start with the student's BOS token (teacher: filler)
+    # Largest teacher max_seq_len compile_teacher accepts, and why: tracr's compile time and memory grow
+    # with it (SelectorWidth and pairwise SequenceMaps build MLPs with O(n^2) neurons).
+    max_teacher_seq_len: int = 512
+    teacher_size_reason: str = ("tracr's compile time and memory grow at least quadratically with max_seq_len "
+                                "(SelectorWidth and pairwise maps build O(n^2)-neuron MLPs)")
 
     # ---- framing -----------------------------------------------------------------------------------
     def prefix_units(self) -> list[tuple[str, str]]:
@@ -127,17 +134,38 @@ class Task:
         raise NotImplementedError
 
     def parse(self, prompt: str) -> str:
-        """The problem a prompt text was made from (inverse of `prompt`): the symbols before the marker,
-        spaces dropped, validated by `symbols`."""
-        body = prompt.rstrip()
-        if not body.endswith(self.marker):
-            raise ValueError(f"{self.name} prompt must end with {self.marker!r}: {prompt!r}")
-        frame = join_text(self.frame_pieces)
+        """The problem a prompt text was made from (inverse of `prompt`); the compact form ("([)]",
+        "213+391") is accepted too. Spaces are dropped, the symbols validated by `symbols`, and every
+        error names the real reason (empty input, a non-ASCII character, a symbol outside the task's
+        alphabet, a malformed problem)."""
+        body = check_problem_text(prompt, self.name).strip()
+        frame = join_text(self.frame_pieces).strip()
         if frame and body.startswith(frame):
             body = body[len(frame):]
-        problem = body[: -len(self.marker)].replace(" ", "")
+        if body.endswith(self.marker):
+            body = body[: -len(self.marker)]
+        problem = "".join(body.split())
         self.symbols(problem)
         return problem
+
+    def min_seq_len(self) -> int | None:
+        """Teacher positions the shortest problem needs with its answer (None: unknown)."""
+        return None
+
+    def teacher_misfit(self, problem: str, max_seq_len: int) -> str | None:
+        """Why a teacher of this size cannot run `problem` with its answer, in words (None: it can)."""
+        limit = self.teacher_limit(problem)
+        if limit:
+            return limit
+        toks = self.teacher_tokens(problem)
+        unknown = sorted(set(toks) - self.teacher_vocab())
+        if unknown:
+            return (f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not in the teacher's "
+                    f"vocabulary (an out-of-distribution symbol the teacher was never compiled for)")
+        if len(toks) > max_seq_len:
+            return (f"it needs {len(toks)} teacher positions with its answer, the teacher holds "
+                    f"max_seq_len={max_seq_len}")
+        return None
 
     def program(self, max_seq_len: int) -> rasp.SOp:
         """The RASP program (compiled causally); its output S-Op is named `answer_var`."""
@@ -281,6 +309,23 @@ class Task:
         return f"<Task {self.name} splits={self.splits} default_max_seq_len={self.default_max_seq_len}>"
 
 
+def check_problem_text(text: str, task: str) -> str:
+    """Refuse what no task reads, with the reason: not a string, empty / whitespace only, non-ASCII or
+    control characters."""
+    if not isinstance(text, str):
+        raise ValueError(f"a {task} problem must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError(f"the {task} problem is empty{' (only whitespace)' if text else ''}")
+    for ch in text:
+        if not ch.isascii():
+            raise ValueError(f"character {ch!r} (U+{ord(ch):04X}) in {text!r} is not ASCII; {task} problems are "
+                             "written in ASCII symbols")
+        if not ch.isprintable() and ch not in " \t\n":
+            raise ValueError(f"control character {ch!r} in {text!r}; {task} problems are written in printable "
+                             "symbols")
+    return text
+
+
 def split_symbols(problem: str, alphabet: Iterable[str], task: str) -> list[str]:
     """Characters of a compact problem string, each checked against the task's alphabet."""
     alphabet = set(alphabet)
@@ -397,9 +442,16 @@ class RaspTask(Task):
         raise ValueError(f"{self.name}: no end token within {self.max_answer_len} answer tokens")
 
     def parse(self, prompt: str) -> str:
+        check_problem_text(prompt, self.name)
         head = "".join(self.prefix_pieces)
-        if not prompt.startswith(head) or not prompt.endswith(self.marker_piece):
-            raise ValueError(f"{self.name}: prompt {prompt!r} does not look like {head!r}...{self.marker_piece!r}")
+        if not (prompt.startswith(head) and prompt.endswith(self.marker_piece)):
+            problem = prompt.strip()  # the compact form: symbols (space-separated when they are words)
+            if problem.endswith(self.marker):
+                problem = problem[: -len(self.marker)].strip()
+            if not self._multichar:
+                problem = "".join(problem.split())
+            self.symbols(problem)
+            return " ".join(problem.split()) if self._multichar else problem
         body = prompt[len(head): len(prompt) - len(self.marker_piece)]
         pieces = sorted(((self.symbol_piece.format(s), s) for s in self.symbol_set), key=lambda x: -len(x[0]))
         syms = []
@@ -410,7 +462,8 @@ class RaspTask(Task):
                     body = body[len(p):]
                     break
             else:
-                raise ValueError(f"{self.name}: cannot read {body!r}: unknown symbol")
+                raise ValueError(f"{self.name}: cannot read {body!r}: it starts with no symbol of "
+                                 f"{sorted(self.symbol_set)}")
         return (" " if self._multichar else "").join(syms)
 
     def generate(self, split: str, rng: np.random.Generator) -> str:
@@ -429,6 +482,9 @@ class RaspTask(Task):
 
     def max_problem_len(self, split: str) -> int | None:
         return None
+
+    def min_seq_len(self) -> int | None:
+        return len(self.prefix_pieces) + self.min_len + 2  # prefix, symbols, marker, (answer), end
 
     def mlp_exactness(self, max_seq_len: int) -> float:
         if self._mlp_exactness is not None:
@@ -480,6 +536,27 @@ def get_task(name: str, **options) -> Task:
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ValueError(f"task option {key}={value!r} must be true or false")
-        elif isinstance(default, int | float) and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise ValueError(f"task option {key}={value!r} must be a number like its default {default!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"task option {key}={value!r} must be an integer like its default {default!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"task option {key}={value!r} must be a finite number like its default {default!r}")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ValueError(f"task option {key}={value!r} must be a string like its default {default!r}")
     return TASKS[name](**options)
+
+
+def check_length_option(task: str, **values: int) -> None:
+    """Length options of the built-in tasks: integers in [0, MAX_PROBLEM_LEN] (checked before anything is
+    generated or compiled)."""
+    for key, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{task} option {key}={v!r} must be an integer")
+        if not 0 <= v <= MAX_PROBLEM_LEN:
+            raise ValueError(f"{task} option {key}={v} is out of range [0, {MAX_PROBLEM_LEN}]: no supported host "
+                             f"reads more than {MAX_PROBLEM_LEN} positions (SmolLM2's context; GPT-2 has 1024)")
+
+
+# The longest problem any length option may ask for: the largest context of the supported hosts.
+MAX_PROBLEM_LEN = 8192

@@ -21,7 +21,7 @@ import numpy as np
 from tracr.rasp import rasp
 
 from jinject.tasks import rasp_lib
-from jinject.tasks.base import Task, register_task, split_symbols
+from jinject.tasks.base import Task, check_length_option, register_task, split_symbols
 
 DIGITS = tuple("0123456789")
 OOD_LETTER = "z"
@@ -55,8 +55,14 @@ class Count(Task):
 
     def __init__(self, min_len: int = 5, max_len: int = 40, ood_max_len: int = 120, max_input_len: int = 120,
                  frame: bool = False, bos: bool = False):
+        check_length_option(self.name, min_len=min_len, max_len=max_len, ood_max_len=ood_max_len,
+                            max_input_len=max_input_len)
         if not 1 <= min_len <= max_len <= max_input_len:
-            raise ValueError("need 1 <= min_len <= max_len <= max_input_len")
+            raise ValueError(f"count needs 1 <= min_len <= max_len <= max_input_len, got min_len={min_len}, "
+                             f"max_len={max_len}, max_input_len={max_input_len}")
+        if ood_max_len <= max_len:
+            raise ValueError(f"count needs ood_max_len > max_len (the ood-length split is longer than training), "
+                             f"got ood_max_len={ood_max_len}, max_len={max_len}")
         self.min_len, self.max_len, self.ood_max_len = min_len, max_len, ood_max_len
         self.max_input_len = max_input_len
         self.frame, self.bos = frame, bos
@@ -103,6 +109,9 @@ class Count(Task):
 
     def max_problem_len(self, split: str) -> int | None:
         return self._need(self.max_len) if split in ("train", "test") else None
+
+    def min_seq_len(self) -> int | None:
+        return self.prefix_len + 3  # no symbol, "=", "0", "."
 
     def edge_cases(self, max_seq_len: int) -> list[str]:
         n = max(n for n in range(1, max_seq_len) if self._need(n) <= max_seq_len)

@@ -25,7 +25,7 @@ import numpy as np
 from tracr.rasp import rasp
 
 from jinject.tasks import rasp_lib
-from jinject.tasks.base import Task, register_task, split_symbols
+from jinject.tasks.base import Task, check_length_option, register_task, split_symbols
 
 PAIRS = ("()", "[]", "{}")
 OOD_PAIR = "<>"
@@ -115,11 +115,22 @@ class ShuffleDyck(Task):
     end_token = "."
     end_piece = "."
     frame_pieces = ("Are", " these", " brackets", " balanced", ":")  # "Are these brackets balanced: ( [ ) ] ?"
+    # Measured on 2 CPU cores: max_seq_len 43 compiles in ~6 s, 60 in ~50 s; the time grows about as n^6
+    # (the need > have comparison and the discretised average over the prefix have O(n^2) values).
+    max_teacher_seq_len = 96
+    teacher_size_reason = ("tracr's compile time for shuffle-dyck grows about as max_seq_len^6 (43: ~6 s, 60: "
+                           "~50 s on 2 CPU cores; 96: ~15 min)")
 
     def __init__(self, min_len: int = 5, max_len: int = 30, ood_max_len: int = 90, max_input_len: int = 40,
                  frame: bool = False, bos: bool = False):
+        check_length_option(self.name, min_len=min_len, max_len=max_len, ood_max_len=ood_max_len,
+                            max_input_len=max_input_len)
         if not 0 <= min_len <= max_len <= max_input_len:
-            raise ValueError("need 0 <= min_len <= max_len <= max_input_len")
+            raise ValueError(f"shuffle-dyck needs 0 <= min_len <= max_len <= max_input_len, got min_len={min_len}, "
+                             f"max_len={max_len}, max_input_len={max_input_len}")
+        if ood_max_len <= max_len:
+            raise ValueError(f"shuffle-dyck needs ood_max_len > max_len (the ood-length split is longer than "
+                             f"training), got ood_max_len={ood_max_len}, max_len={max_len}")
         self.min_len, self.max_len, self.ood_max_len = min_len, max_len, ood_max_len
         self.max_input_len = max_input_len
         self.frame, self.bos = frame, bos
@@ -176,6 +187,9 @@ class ShuffleDyck(Task):
 
     def max_problem_len(self, split: str) -> int | None:
         return self.prefix_len + self.max_len + 3 if split in ("train", "test") else None
+
+    def min_seq_len(self) -> int | None:
+        return self.prefix_len + 3  # the empty string, "?", yes/no, "."
 
     def edge_cases(self, max_seq_len: int) -> list[str]:
         n = max_seq_len - 3 - self.prefix_len

@@ -35,6 +35,7 @@ from tracr.rasp import rasp
 from jinject.tasks.base import Task, register_task
 
 DIGITS = tuple("0123456789")
+MAX_DIGITS = 6
 
 
 def make_intsum_program(n_digits: int = 3, marker: str = "=", plus: str = "+", gap: int = 1,
@@ -144,20 +145,31 @@ class IntSum(Task):
     frame_pieces = ("What", " is", " the", " sum", ":", " ")  # "What is the sum: 213 + 391 ="
 
     def __init__(self, n_digits: int = 3, max_operand: int = 450, frame: bool = False, bos: bool = False):
-        if n_digits < 1 or not 1 <= max_operand <= 10**n_digits:
-            raise ValueError("need n_digits >= 1 and 1 <= max_operand <= 10**n_digits")
+        for key, v in (("n_digits", n_digits), ("max_operand", max_operand)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"int-sum option {key}={v!r} must be an integer")
+        if not 1 <= n_digits <= MAX_DIGITS:
+            raise ValueError(f"int-sum option n_digits={n_digits} is out of range [1, {MAX_DIGITS}]: the teacher "
+                             f"grows with it (3 digits: 7 layers; 5: 11 layers, 10 M parameters, ~2 min and 1 GB to "
+                             f"compile on 2 CPU cores) and beyond {MAX_DIGITS} compiling takes many minutes and GBs")
+        if not 1 <= max_operand <= 10**n_digits:
+            raise ValueError(f"int-sum needs 1 <= max_operand <= 10**n_digits = {10**n_digits}, "
+                             f"got max_operand={max_operand}")
         self.n_digits, self.max_operand = n_digits, max_operand
         self.frame, self.bos = frame, bos
         # prefix, a, "+", " ", b, "=", up to n_digits + 1 answer digits, end
         self.default_max_seq_len = self.prefix_len + 2 * n_digits + 3 + (n_digits + 1) + 1
 
     def _operands(self, problem: str) -> tuple[str, str]:
+        problem = "".join(problem.split())  # "213 + 391" (the README's spaced form) is "213+391"
         for ch in problem:
             if ch not in "0123456789+.":
                 raise ValueError(f"symbol {ch!r} is not one of the int-sum symbols 0-9, '+', '.'")
         parts = problem.split("+")
         if len(parts) != 2 or not all(parts) or any(p.count(".") > 1 or p in (".",) for p in parts):
-            raise ValueError(f"int-sum problems look like '213+391', not {problem!r}")
+            why = ("it has no '+'" if len(parts) == 1 else f"it has {len(parts) - 1} '+'" if len(parts) > 2
+                   else "an operand is missing" if not all(parts) else "an operand is not a number")
+            raise ValueError(f"int-sum problems look like '213+391' (two numbers and one '+'), not {problem!r}: {why}")
         return parts[0], parts[1]
 
     def symbols(self, problem: str) -> list[str]:
@@ -222,6 +234,9 @@ class IntSum(Task):
             a, b = rng.integers(10**D, 10 ** (D + 1), size=2)
             return f"{a}+{b}"
         raise ValueError(f"unknown split {split!r}")
+
+    def min_seq_len(self) -> int | None:
+        return self.prefix_len + 7  # "0", "+", " ", "0", "=", "0", end
 
     def max_problem_len(self, split: str) -> int | None:
         if split not in ("train", "test"):
