@@ -11,12 +11,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
     import time
 
     from jinject.tasks import get_task
-    from jinject.teacher import compile_teacher
+    from jinject.teacher import check_teacher_size, compile_teacher
     from jinject.verify import verify_teacher
 
+    check_nonnegative(args, "seed")
     task = get_task(args.task, **parse_task_options(args.task_option))
+    check_teacher_size(task, args.max_seq_len)
     t0 = time.perf_counter()
-    teacher = compile_teacher(task, args.max_seq_len, cache=not args.no_cache)
+    teacher = compile_teacher(task, args.max_seq_len, cache=not args.no_cache, progress=note)
     took = time.perf_counter() - t0
     how = f"loaded from cache in {took:.2f} s" if teacher.from_cache else f"compiled in {took:.1f} s"
     print(f"task {task.name}: {how} ({teacher.cache_path or 'not cached'})")
@@ -37,19 +39,43 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def note(msg: str) -> None:
+    print(f"jinject: {msg} ...", file=sys.stderr, flush=True)
+
+
+def check_nonnegative(args: argparse.Namespace, *names: str, positive: tuple[str, ...] = ()) -> None:
+    """Integer options: `names` must be >= 0, `positive` >= 1 (argparse already refused non-integers)."""
+    for name in names + positive:
+        value = getattr(args, name)
+        low = 1 if name in positive else 0
+        if value is not None and value < low:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+
+
 def parse_task_options(items: list[str] | None) -> dict:
     """`KEY=VALUE` strings -> {KEY: value}, values read as JSON where they parse (numbers, booleans)."""
     import json
+    import math
 
     options = {}
     for item in items or []:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ValueError(f"--task-option expects KEY=VALUE (e.g. max_len=12), got {item!r}")
+        if key in options:
+            raise ValueError(f"--task-option {key} is given twice ({options[key]!r} and {value!r})")
         try:
-            options[key] = json.loads(value)
+            parsed = json.loads(value)
         except json.JSONDecodeError:
-            options[key] = value
+            parsed = value
+        if isinstance(parsed, float) and not math.isfinite(parsed):
+            raise ValueError(f"--task-option {key}={value} is not a finite number")
+        if isinstance(parsed, list | dict) or parsed is None:
+            raise ValueError(f"--task-option {key}={value}: a value is a number, true/false or a word, "
+                             f"not {type(parsed).__name__ if parsed is not None else 'null'}")
+        options[key] = parsed
     return options
 
 
@@ -74,11 +100,18 @@ def train_config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jinject.trainer import TrainingDiverged, maybe_initialize_distributed, train
+    from pathlib import Path
 
-    maybe_initialize_distributed()
-    config = train_config_from_args(args)
+    config = train_config_from_args(args)  # types and ranges of every option, before anything heavy
     out = args.out or f"runs/{config.task}-{config.variant}-s{config.seed}"
+    if not out.strip():
+        raise ValueError("--out is empty; give a run directory")
+
+    from jinject.trainer import TrainingDiverged, check_out_dir, maybe_initialize_distributed, preflight, train
+
+    check_out_dir(Path(out))
+    maybe_initialize_distributed()
+    preflight(config)  # task, teacher size, corpus, mesh: fails in well under a second, before any load
     print(f"jinject train: {config.variant} run of {config.task} into "
           f"{config.model}, {config.steps} steps -> {out}", file=sys.stderr)
     try:
@@ -91,13 +124,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_eval_args(args: argparse.Namespace, task) -> None:
+    """Every `jinject eval` option, checked before the model is loaded."""
+    import math
+
+    check_nonnegative(args, "n_decode", "eval_seed", positive=("n", "n_causal", "n_text", "text_seq_len",
+                                                                 "batch_size"))
+    from jinject.config import MAX_N_TRAIN
+
+    for name in ("n", "n_decode", "n_causal"):
+        value = getattr(args, name)
+        if value is not None and value > MAX_N_TRAIN:
+            raise ValueError(f"--{name.replace('_', '-')}={value:,} is above the limit of {MAX_N_TRAIN:,} examples "
+                             "(generated in Python, evaluated batch by batch: hours); the original used 4000")
+    for x in args.noise_norms:
+        if not (math.isfinite(x) and x >= 0):
+            raise ValueError(f"--noise-norms must be finite numbers >= 0 (L2 norms of the causal-test noise), got {x}")
+    if args.splits is not None:
+        unknown = [s for s in args.splits if s not in task.splits]
+        if unknown:
+            raise ValueError(f"--splits {unknown} are not splits of {task.name}; its splits: {', '.join(task.splits)}")
+
+
+def _run_components(config, say=note) -> tuple:
+    """(task, teacher, model, tokenizer) of a run, loading the model last."""
+    from jinject.trainer import build
+
+    return build(config, say)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
+
+    from jinject.tasks import get_task
+    from jinject.trainer import read_run_config
+
+    config = read_run_config(args.dir)  # the directory, its config.json, a checkpoint: before any load
+    check_eval_args(args, get_task(config.task, **config.task_options))
 
     from jinject.evaluate import evaluate_run, format_table
     from jinject.trainer import load_run
 
-    run = load_run(args.dir)
+    run = load_run(args.dir, components=_run_components(config))
     say = lambda msg: print(f"jinject eval: {msg} ...", file=sys.stderr, flush=True)
     results = evaluate_run(
         run, n_examples=args.n, n_decode=args.n_decode, n_causal=args.n_causal, n_text_windows=args.n_text,
@@ -115,11 +183,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jinject.tasks import get_task
+    from jinject.trainer import read_run_config
+
+    config = read_run_config(args.dir)
+    if config.baseline:
+        raise ValueError(f"{args.dir} is a baseline run: it has no adapter, so there is nothing to decode through")
+    task = get_task(config.task, **config.task_options)
+    try:
+        problem = task.parse(args.text)
+    except ValueError as e:
+        example = task.examples("test", 1, 0)[0]
+        raise ValueError(f"{args.text!r} is not a {task.name} problem: {e}. Give the compact form, e.g. "
+                         f"{example.problem!r}, or the prompt text {example.prompt.strip()!r}") from None
+    if args.plot is not None:
+        plot = Path(args.plot)
+        if plot.is_dir():
+            raise ValueError(f"--plot {plot} is a directory; give a file name such as decoded.png")
+        if not plot.parent.exists():
+            raise ValueError(f"--plot {plot}: the directory {plot.parent} does not exist")
+    from jinject.teacher import compile_teacher
+
+    teacher = compile_teacher(task, config.teacher_max_seq_len, progress=note)
+    if args.layer is not None and not 0 <= args.layer <= teacher.n_layers:
+        raise ValueError(f"--layer must be a teacher layer in [0, {teacher.n_layers}], got {args.layer}")
+
     from jinject.decoding import decode_problem, format_decoded
     from jinject.trainer import load_run
 
-    run = load_run(args.dir)
-    decoded = decode_problem(run, args.text, layer=args.layer)
+    components = _run_components(config)
+    run = load_run(args.dir, components=(task, teacher, *components[2:]))
+    decoded = decode_problem(run, problem, layer=args.layer)
     print(format_decoded(decoded))
     if args.plot:
         from jinject.plots import plot_decoded
@@ -129,8 +225,23 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a hint when a problem starting with '-' was read as an option."""
+
+    def error(self, message: str):  # type: ignore[override]
+        argv = getattr(Parser, "argv", None) or []
+        if argv and argv[0] == "decode" and any(a.startswith("-") and a not in DECODE_FLAGS and a != "--"
+                                                for a in argv[1:]):
+            message += ("; a problem that starts with '-' must come after `--`, e.g. "
+                        "jinject decode DIR -- '-1+2'")
+        super().error(message)
+
+
+DECODE_FLAGS = {"--layer", "--plot", "-h", "--help"}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jinject", description=__doc__)
+    parser = Parser(prog="jinject", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("compile", help="compile (or load cached) a task's tracr teacher and verify it")
@@ -220,12 +331,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    Parser.argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError, NotImplementedError) as e:  # bad input, missing files, offline hub, unsupported model
-        print(f"jinject {args.command}: error: {e}", file=sys.stderr)
+        print(f"jinject {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"jinject {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if type(e).__name__ == "XlaRuntimeError" and "RESOURCE_EXHAUSTED" in str(e):
+            print(f"jinject {args.command}: error: out of memory ({one_line(e)[:200]}); lower --batch-size / "
+                  "--text-batch-size, or try --dtype bfloat16 / --remat", file=sys.stderr)
+            return 2
+        raise  # a genuine bug: keep the traceback
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line (multi-line messages, e.g. tracr's, are joined)."""
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    if isinstance(e, OSError) and e.filename is not None and e.strerror and str(e.filename) not in text:
+        text = f"{e.strerror}: {e.filename}"
+    return text or type(e).__name__
 
 
 if __name__ == "__main__":

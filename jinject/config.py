@@ -93,9 +93,9 @@ class TrainConfig:
                              f"{self.teacher_max_seq_len}")
         if self.n_train > MAX_N_TRAIN:
             raise ValueError(f"n_train={self.n_train:,} is above the limit of {MAX_N_TRAIN:,}: the pool is generated "
-                             f"and tokenised in Python and held in memory (about 1 KB and 0.1 ms per example, so "
-                             f"{MAX_N_TRAIN:,} already take ~{MAX_N_TRAIN // 10_000} s and ~1 GB); batches are drawn "
-                             "with replacement, so a larger pool adds little")
+                             f"and tokenised in Python and held in memory (~0.5 ms and ~2.5 KB per example on 2 CPU "
+                             f"cores, so {MAX_N_TRAIN:,} already take minutes and ~2.5 GB); batches are drawn with "
+                             "replacement, so a larger pool adds little")
         if self.mesh_data != -1 and self.mesh_data < 1:
             raise ValueError(f"mesh_data must be >= 1 (or -1: every device the fsdp axis leaves), got {self.mesh_data}")
         if self.layer_offset < 0:

@@ -154,19 +154,32 @@ def load_corpus(path: str | None) -> str:
     if path is None:
         return builtin_corpus()
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"corpus {path!r} is a directory; pass a plain-text file to --corpus")
     if not p.is_file():
         raise FileNotFoundError(f"corpus file {path!r} does not exist; pass a plain-text file to --corpus")
-    text = p.read_text(encoding="utf-8", errors="replace")
+    raw = p.read_bytes()
+    if b"\0" in raw[:65536]:
+        raise ValueError(f"corpus {path!r} is a binary file (it holds NUL bytes); pass a plain-text file to --corpus")
+    text = raw.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")  # as read_text does
     if len(text.strip()) < 1000:
         raise ValueError(f"corpus {path!r} has only {len(text.strip())} characters; give at least a few pages")
     return text
 
 
 def split_corpus(text: str, heldout_fraction: float = 0.1) -> tuple[str, str]:
-    """(train, held-out) by paragraphs, deterministically: the last paragraphs are held out."""
-    paragraphs = [p for p in text.split("\n\n") if p.strip()]
+    """(train, held-out) by paragraphs, deterministically: the last paragraphs are held out. A text with no
+    blank line is split by lines instead, a single line by characters (never an empty training part)."""
+    sep = "\n\n"
+    paragraphs = [p for p in text.split(sep) if p.strip()]
+    if len(paragraphs) < 2:
+        sep = "\n"
+        paragraphs = [p for p in text.splitlines() if p.strip()]
+    if len(paragraphs) < 2:
+        cut = int(len(text) * (1 - heldout_fraction))
+        return text[:cut], text[cut:]
     n_held = max(1, int(len(paragraphs) * heldout_fraction))
-    return "\n\n".join(paragraphs[:-n_held]), "\n\n".join(paragraphs[-n_held:])
+    return sep.join(paragraphs[:-n_held]), sep.join(paragraphs[-n_held:])
 
 
 class TextStream:
@@ -177,7 +190,8 @@ class TextStream:
 
     def batch(self, seed: int, step: int, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
         if len(self.ids) <= seq_len:
-            raise ValueError(f"the corpus has {len(self.ids)} tokens, fewer than text_seq_len={seq_len}")
+            raise ValueError(f"the corpus's training part has {len(self.ids)} tokens, not more than text_seq_len="
+                             f"{seq_len}; give a longer --corpus or a smaller --text-seq-len")
         starts = batch_rng(seed, step, STREAM_TEXT).integers(0, len(self.ids) - seq_len, size=batch_size)
         ids = np.stack([self.ids[s : s + seq_len] for s in starts])
         return {"text_ids": ids, "text_mask": np.ones_like(ids, np.float32)}

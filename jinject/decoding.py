@@ -43,6 +43,7 @@ class Decoded:
     student_layer: int  # student hidden-state index aligned with it
     answer: str  # the oracle's answer
     generated: str | None  # the student's greedy answer (pieces joined)
+    teacher_note: str | None = None  # why the teacher has no reference values (when `teacher` is None)
 
     def agreement(self) -> float | None:
         """Fraction of (token, variable) cells where the student's value equals the teacher's."""
@@ -84,17 +85,23 @@ def decode_problem(run: Any, problem: str, layer: int | None = None, with_genera
         except ValueError:
             if not hasattr(task, "parse"):
                 raise
-            problem = task.parse(problem)  # the user gave the prompt text instead of the compact problem
+            problem = task.parse(problem)  # the prompt text, spaced or framed, instead of the compact problem
         prompt_pieces, answer_pieces = task.pieces(problem)
         teacher_tokens = task.teacher_tokens(problem)
         answer = task.solve(problem)
     except Exception as e:  # the task's own parser says what is wrong
-        raise ValueError(f"{problem!r} is not a {task.name} problem ({e}); give the compact form, e.g. "
+        raise ValueError(f"{problem!r} is not a {task.name} problem: {e}. Give the compact form, e.g. "
                          f"{task.examples('test', 1, 0)[0].problem!r}") from e
     pieces = list(prompt_pieces) + list(answer_pieces)
     encoder = PieceEncoder(run.tokenizer)
     ids = np.asarray([encoder.encode(pieces)], np.int32)
-    fits = task.fits(problem, teacher.max_seq_len) if hasattr(task, "fits") else len(pieces) <= teacher.max_seq_len
+    if hasattr(task, "teacher_misfit"):
+        misfit = task.teacher_misfit(problem, teacher.max_seq_len)
+    elif len(pieces) > teacher.max_seq_len:
+        misfit = f"it needs {len(pieces)} teacher positions, the teacher holds {teacher.max_seq_len}"
+    else:
+        misfit = None
+    fits = misfit is None
     t_ids = teacher.encode(list(teacher_tokens)) if fits else [teacher.bos_id] * (teacher.max_seq_len + 1)
     t_ids = np.asarray([t_ids], np.int32)
     index = run.student_index
@@ -130,6 +137,7 @@ def decode_problem(run: Any, problem: str, layer: int | None = None, with_genera
         student_layer=int(index[layer]),
         answer=answer,
         generated=generated,
+        teacher_note=misfit,
     )
 
 
@@ -150,7 +158,8 @@ def format_decoded(d: Decoded, max_width: int = 10) -> str:
     lines = [
         f"{d.problem!r}: answer {d.answer!r}" + (f", model says {d.generated!r}" if d.generated is not None else ""),
         f"variables decoded through the adapter at teacher layer {d.layer} (student hidden state "
-        f"{d.student_layer})" + ("" if d.teacher is not None else "; too long for the teacher: no reference"),
+        f"{d.student_layer})" + ("" if d.teacher is not None else
+                                 f"; no teacher reference: {d.teacher_note or 'the teacher cannot run it'}"),
         head,
         "-" * len(head),
     ]

@@ -638,7 +638,10 @@ def evaluate_run(
                                         relative=relative_noise, batch_size=batch_size, seed=seed)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+        from jinject.rundir import finite_or_none
+
+        # standard JSON only: a NaN/inf measurement is written as null, never as a bare NaN
+        (Path(out) / "eval.json").write_text(json.dumps(finite_or_none(results), indent=2, allow_nan=False) + "\n")
     return results
 
 

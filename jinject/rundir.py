@@ -160,10 +160,12 @@ def read_digests(ckpt_dir: Path) -> dict[int, str]:
 
 
 def record_digest(ckpt_dir: Path, step: int, digest: str) -> None:
-    """Remember what step `step` holds; entries of steps that no longer exist are dropped. Atomic."""
+    """Remember what step `step` holds. Entries of steps older than every step on disk (pruned by orbax) are
+    dropped; newer ones may still be in flight (saves are asynchronous) and stay. Atomic."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     present = set(checkpoint_steps(ckpt_dir))
-    digests = {s: d for s, d in read_digests(ckpt_dir).items() if s in present}
+    newest = max(present, default=-1)
+    digests = {s: d for s, d in read_digests(ckpt_dir).items() if s in present or s > newest}
     digests[step] = digest
     tmp = ckpt_dir / f".{DIGESTS_NAME}.tmp{os.getpid()}"
     tmp.write_text(json.dumps({str(s): d for s, d in sorted(digests.items())}, indent=1) + "\n")
@@ -171,7 +173,7 @@ def record_digest(ckpt_dir: Path, step: int, digest: str) -> None:
 
 
 def _one_line(e: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

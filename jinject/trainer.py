@@ -63,6 +63,9 @@ def make_mesh(config: TrainConfig, devices: list | None = None) -> Mesh:
     devices = devices if devices is not None else jax.devices()
     n = len(devices)
     fsdp = config.mesh_fsdp
+    if fsdp > n or n % fsdp:
+        raise ValueError(f"--fsdp {fsdp} needs a multiple of {fsdp} devices, but {n} {devices[0].platform} device"
+                         f"{'s are' if n != 1 else ' is'} available; use --fsdp 1 or a divisor of {n}")
     data = config.mesh_data if config.mesh_data > 0 else n // fsdp
     if data * fsdp != n:
         raise ValueError(f"mesh data={data} x fsdp={fsdp} does not use the {n} available devices exactly")
@@ -356,14 +359,43 @@ class Run:
         return self.plan.intervene_at
 
 
-def build(config: TrainConfig) -> tuple[Any, Any, nnx.Module, Any]:
-    """Task, teacher, the pre-trained model and its tokenizer for a config."""
-    from jinject.loading import load_model
+def preflight(config: TrainConfig) -> Any:
+    """Everything about a config that can be checked without loading a model or compiling a teacher (a
+    fraction of a second), so that bad input fails before a long load: the task and its options, the
+    teacher size, whether training examples fit it, the corpus, the device mesh. Returns the task."""
+    from jinject.tasks import get_task
+    from jinject.teacher import check_teacher_size
+
+    task = get_task(config.task, **config.task_options)
+    n = check_teacher_size(task, config.teacher_max_seq_len)
+    for split in ("train", "test"):
+        task.examples(split, 1, config.seed, max_seq_len=n)  # the size checks of the real pool, on one example
+    train_text, heldout = split_corpus(load_corpus(config.corpus))
+    if len(train_text) <= config.text_seq_len:
+        raise ValueError(f"the corpus's training part has {len(train_text)} characters, not enough for one window "
+                         f"of text_seq_len={config.text_seq_len} tokens; give a longer --corpus")
+    mesh = make_mesh(config)
+    n_dev = mesh.shape["data"] * mesh.shape["fsdp"]
+    for name in ("batch_size", "text_batch_size"):
+        if getattr(config, name) % n_dev:
+            raise ValueError(f"{name}={getattr(config, name)} is not divisible by the {n_dev} devices of the mesh; "
+                             "choose a multiple of the device count")
+    return task
+
+
+def build(config: TrainConfig, say: Callable[[str], None] | None = None) -> tuple[Any, Any, nnx.Module, Any]:
+    """Task, teacher, the pre-trained model and its tokenizer for a config. The layer map and intervention
+    site are checked against the model's metadata before its weights are loaded."""
+    from jinject.loading import load_model, peek_model_config
     from jinject.tasks import get_task
     from jinject.teacher import compile_teacher
 
     task = get_task(config.task, **config.task_options)
-    teacher = compile_teacher(task, config.teacher_max_seq_len)
+    teacher = compile_teacher(task, config.teacher_max_seq_len, progress=say)
+    if not config.baseline:
+        peek = peek_model_config(config.model)
+        if peek is not None:
+            objective_plan(config, teacher, peek)
     model, tokenizer = load_model(config.model, dtype=config.dtype)
     if config.remat:
         model.config = dataclasses.replace(model.config, remat=True)
@@ -548,8 +580,19 @@ def train(
 
 def _train_locked(config: TrainConfig, out: Path, on_step, progress: bool, components, say) -> Run:
     _binding_config(out, config, say)
-    mesh = make_mesh(config)  # before loading anything: a mesh the devices cannot make fails at once
-    task, teacher, model, tokenizer = components if components is not None else build(config)
+    if components is None:
+        task = preflight(config)  # bad input fails here, before a model load
+        from jinject.loading import peek_model_config
+
+        peek = peek_model_config(config.model)
+        if peek is not None:  # sizes that cannot fit in memory, from the model's metadata
+            longest = task.max_problem_len("train") if hasattr(task, "max_problem_len") else None
+            from jinject.teacher import check_teacher_size
+
+            n = check_teacher_size(task, config.teacher_max_seq_len)
+            check_memory(config, peek, min(longest or n, n))
+    mesh = make_mesh(config)
+    task, teacher, model, tokenizer = components if components is not None else build(config, say)
     teacher_for_step = None if config.baseline else teacher
     if config.n_train >= 100_000:
         say(f"jinject train: generating and tokenising {config.n_train:,} training examples "
