@@ -81,7 +81,9 @@ def run_one(config: Any, directory: Path, eval_kwargs: dict[str, Any], component
     results = evaluate_run(run, out=directory, **eval_kwargs)
     results["run"]["train_seconds"] = round(t1 - t0, 1)
     results["run"]["eval_seconds"] = round(time.perf_counter() - t1, 1)
-    done.write_text(json.dumps(results, indent=2) + "\n")
+    from jinject.rundir import finite_or_none
+
+    done.write_text(json.dumps(finite_or_none(results), indent=2, allow_nan=False) + "\n")  # standard JSON only
     log(f"  {directory.name}: evaluated in {time.perf_counter() - t1:.0f} s")
     return results
 

@@ -51,3 +51,15 @@ def config(**overrides) -> TrainConfig:
     base = dict(task=TASK, task_options=OPTIONS, model="tiny", steps=20, batch_size=8, text_batch_size=4,
                 text_seq_len=16, n_train=256, lr=3e-3, adapter_lr=3e-2, checkpoint_every=5, log_every=5)
     return TrainConfig(**{**base, **overrides})
+
+
+def broken_teacher(teacher):
+    """A copy of `teacher` whose parameters are all NaN: the alignment loss becomes NaN at once."""
+    import copy
+
+    import jax
+    import jax.numpy as jnp
+
+    broken = copy.copy(teacher)
+    broken.params = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), teacher.params)
+    return broken
