@@ -54,7 +54,8 @@ def check_nonnegative(args: argparse.Namespace, *names: str, positive: tuple[str
 
 
 def parse_task_options(items: list[str] | None) -> dict:
-    """`KEY=VALUE` strings -> {KEY: value}, values read as JSON where they parse (numbers, booleans)."""
+    """`KEY=VALUE` strings -> {KEY: value}, values read as JSON where they parse (numbers, booleans); a key
+    given twice takes its last value (so a command can be extended with an override)."""
     import json
     import math
 
@@ -64,8 +65,6 @@ def parse_task_options(items: list[str] | None) -> dict:
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"--task-option expects KEY=VALUE (e.g. max_len=12), got {item!r}")
-        if key in options:
-            raise ValueError(f"--task-option {key} is given twice ({options[key]!r} and {value!r})")
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
