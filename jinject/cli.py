@@ -11,12 +11,15 @@ def cmd_compile(args: argparse.Namespace) -> int:
     import time
 
     from jinject.tasks import get_task
-    from jinject.teacher import check_teacher_size, compile_teacher
-    from jinject.verify import verify_teacher
+    from jinject.tasks.base import check_teacher_size
 
     check_nonnegative(args, "seed")
     task = get_task(args.task, **parse_task_options(args.task_option))
-    check_teacher_size(task, args.max_seq_len)
+    check_teacher_size(task, args.max_seq_len)  # before JAX and tracr's compiler are even imported
+
+    from jinject.teacher import compile_teacher
+    from jinject.verify import verify_teacher
+
     t0 = time.perf_counter()
     teacher = compile_teacher(task, args.max_seq_len, cache=not args.no_cache, progress=note)
     took = time.perf_counter() - t0
@@ -106,11 +109,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not out.strip():
         raise ValueError("--out is empty; give a run directory")
 
-    from jinject.trainer import TrainingDiverged, check_out_dir, maybe_initialize_distributed, preflight, train
+    from jinject.config import check_inputs
+    from jinject.rundir import check_out_dir
 
     check_out_dir(Path(out))
+    check_inputs(config)  # task, options, teacher size, corpus: no JAX, no model, no compile
+
+    from jinject.trainer import TrainingDiverged, maybe_initialize_distributed, preflight, train
+
     maybe_initialize_distributed()
-    preflight(config)  # task, teacher size, corpus, mesh: fails in well under a second, before any load
+    preflight(config)  # + the device mesh
     print(f"jinject train: {config.variant} run of {config.task} into "
           f"{config.model}, {config.steps} steps -> {out}", file=sys.stderr)
     try:
@@ -155,8 +163,8 @@ def _run_components(config, say=note) -> tuple:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from jinject.rundir import read_run_config
     from jinject.tasks import get_task
-    from jinject.trainer import read_run_config
 
     config = read_run_config(args.dir)  # the directory, its config.json, a checkpoint: before any load
     check_eval_args(args, get_task(config.task, **config.task_options))
@@ -184,8 +192,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from jinject.rundir import read_run_config
     from jinject.tasks import get_task
-    from jinject.trainer import read_run_config
 
     config = read_run_config(args.dir)
     if config.baseline:

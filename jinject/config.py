@@ -180,6 +180,25 @@ class TrainConfig:
             raise ValueError(f"{path}: {e}") from None
 
 
+def check_inputs(config: TrainConfig) -> Any:
+    """What a config asks for beyond its own fields, checked without JAX, a model or a compiled teacher (well
+    under a second): the task and its options, the teacher size, whether training examples fit that teacher,
+    the corpus. Returns the task. (`trainer.preflight` adds the device mesh.)"""
+    from jinject.data import load_corpus, split_corpus
+    from jinject.tasks import get_task
+    from jinject.tasks.base import check_teacher_size
+
+    task = get_task(config.task, **config.task_options)
+    n = check_teacher_size(task, config.teacher_max_seq_len)
+    for split in ("train", "test"):
+        task.examples(split, 1, config.seed, max_seq_len=n)  # the size checks of the real pool, on one example
+    train_text, _ = split_corpus(load_corpus(config.corpus))
+    if len(train_text) <= config.text_seq_len:
+        raise ValueError(f"the corpus's training part has {len(train_text)} characters, not enough for one window "
+                         f"of text_seq_len={config.text_seq_len} tokens; give a longer --corpus")
+    return task
+
+
 # ------------------------------------------------------------------------------------------- field types
 
 _BAD = object()

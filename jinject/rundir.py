@@ -26,12 +26,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+# JAX is imported inside the functions that need it: the command line reads run directories and refuses bad
+# input through this module before paying for a JAX start-up.
 
 LOCK_NAME = ".lock"
 DIGESTS_NAME = "jinject-digests.json"
@@ -87,9 +89,12 @@ def run_lock(out: Path) -> Iterator[Path]:
 # ------------------------------------------------------------------------------------- state summary
 
 
-def _leaf_digest(x: jax.Array) -> jax.Array:
+def _leaf_digest(x: Any) -> Any:
     """A 32-bit digest of an array's bits: position-weighted, wrapping sum (order-independent, so it does
     not depend on how a sharded reduction is split)."""
+    import jax
+    import jax.numpy as jnp
+
     x = jnp.ravel(x)
     size = x.dtype.itemsize
     if size == 4:
@@ -106,13 +111,19 @@ def _leaf_digest(x: jax.Array) -> jax.Array:
     return jnp.sum(bits * weights, dtype=jnp.uint32) ^ jnp.uint32(bits.shape[0] & 0xFFFFFFFF)
 
 
-@jax.jit
-def _leaf_summary(x: jax.Array) -> jax.Array:
-    """uint32 [2]: (1 if every value is finite, digest). Jitted per leaf, not over the whole state: a model
-    has few distinct parameter shapes, so a handful of tiny programs serve every leaf (one program over
-    800 leaves took minutes to compile)."""
-    finite = jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.array(True)
-    return jnp.stack([finite.astype(jnp.uint32), _leaf_digest(x)])
+@cache
+def _leaf_summary() -> Any:
+    """The jitted `x -> uint32 [2]`: (1 if every value is finite, digest). Jitted per leaf, not over the whole
+    state: a model has few distinct parameter shapes, so a handful of tiny programs serve every leaf (one
+    program over 800 leaves took minutes to compile)."""
+    import jax
+    import jax.numpy as jnp
+
+    def summary(x: Any) -> Any:
+        finite = jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.array(True)
+        return jnp.stack([finite.astype(jnp.uint32), _leaf_digest(x)])
+
+    return jax.jit(summary)
 
 
 @dataclass(frozen=True)
@@ -128,12 +139,17 @@ class StateSummary:
 def state_summary(state: Any) -> StateSummary:
     """Whether every float in the state is finite, and its digest (per leaf: dispatched asynchronously,
     fetched to the host in one go; two numbers per array)."""
-    rows = np.asarray(jax.device_get([_leaf_summary(x) for x in jax.tree.leaves(state)]), np.uint32)
+    import jax
+
+    fn = _leaf_summary()
+    rows = np.asarray(jax.device_get([fn(x) for x in jax.tree.leaves(state)]), np.uint32)
     return StateSummary(bool(rows[:, 0].all()), rows[:, 1].tobytes().hex())
 
 
 def non_finite_parts(state: Any) -> list[str]:
     """Top-level parts of the state that hold a NaN/inf (for the message; host-side, only on failure)."""
+    import jax
+
     bad = []
     for key in ("params", "adapter", "opt_state"):
         if key in state and not all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(state[key])
@@ -252,6 +268,42 @@ def move_aside(ckpt_dir: Path, step: int) -> Path:
         target = ckpt_dir / f"{CORRUPT_PREFIX}{step}.{n}"
     os.replace(ckpt_dir / str(step), target)
     return target
+
+
+def check_out_dir(out: Path) -> None:
+    """`out` must be a directory or not exist yet, and creatable (checked before anything is loaded)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file, not a run directory; choose a directory path")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, so no directory can be made under it")
+            if not os.access(parent, os.W_OK) and not out.exists():
+                raise ValueError(f"--out {out}: no permission to create a directory in {parent}")
+            break
+
+
+def read_run_config(out: str | Path) -> Any:
+    """The TrainConfig of a run directory, checked without loading anything: the directory, its config.json
+    and at least one checkpoint must exist (fast and JAX-free, so the CLI refuses bad input at once)."""
+    from jinject.config import TrainConfig
+
+    out = Path(out)
+    if not out.exists():
+        raise FileNotFoundError(f"run directory {out} does not exist; train one with `jinject train --out {out}`")
+    if not out.is_dir():
+        raise ValueError(f"{out} is a file, not a run directory (from `jinject train --out DIR`)")
+    steps = checkpoint_steps(out / "checkpoints")
+    if not (out / "config.json").exists():
+        if (out / "metrics.jsonl").exists() and not steps:
+            raise FileNotFoundError(f"{out} has no checkpoint yet (its training has not reached the first one); "
+                                    "wait for it, or resume the training")
+        raise FileNotFoundError(f"{out} is not a jinject run directory (no config.json); train one with "
+                                "`jinject train --out DIR`")
+    config = TrainConfig.load(out / "config.json")
+    if not steps:
+        raise FileNotFoundError(f"{out} has no checkpoint yet; wait for the first checkpoint or resume training")
+    return config
 
 
 # -------------------------------------------------------------------------------------------- metrics

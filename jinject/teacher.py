@@ -42,6 +42,7 @@ import numpy as np
 from tracr.rasp import rasp
 
 from jinject.tasks import Task, get_task, rasp_lib
+from jinject.tasks.base import check_teacher_size
 
 __all__ = ["Teacher", "VarInfo", "compile_teacher", "check_teacher_size", "teacher_fingerprint", "cache_dir", "BOS",
            "PAD"]
@@ -437,29 +438,6 @@ def _compile(task: Task, program: rasp.SOp, max_seq_len: int, mlp_exactness: flo
         "max_seq_len": max_seq_len, "answer_var": names[program.label], "mlp_exactness": mlp_exactness,
         "tracr_param_count": dense, "model": model,
     }
-
-
-def check_teacher_size(task: Task, max_seq_len: int | None) -> int:
-    """The teacher size `compile_teacher` would build (None: the task's default), refused with the limit and
-    the reason when it is not a positive integer, cannot hold even the task's shortest problem, or is beyond
-    what tracr compiles in reasonable time and memory. Cheap: nothing is compiled."""
-    n = task.default_max_seq_len if max_seq_len is None else max_seq_len
-    if isinstance(n, bool) or not isinstance(n, int | np.integer):
-        raise ValueError(f"max_seq_len must be an integer (None: the task's default), got {n!r}")
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"max_seq_len must be >= 1 (None: the task's default {task.default_max_seq_len}), got {n}")
-    shortest = task.min_seq_len() if hasattr(task, "min_seq_len") else None
-    if shortest is not None and n < shortest:
-        raise ValueError(f"a {task.name} teacher with max_seq_len={n} holds no problem at all: the shortest one needs "
-                         f"{shortest} positions with its answer; use max_seq_len >= {shortest} "
-                         f"(default {task.default_max_seq_len})")
-    cap = getattr(task, "max_teacher_seq_len", None)
-    if cap is not None and n > cap:
-        why = getattr(task, "teacher_size_reason", "")
-        raise ValueError(f"a {task.name} teacher with max_seq_len={n} is above the limit of {cap}: {why}; "
-                         f"shorten the task's lengths (--task-option) or --max-seq-len")
-    return n
 
 
 def _prepare(task: Task, max_seq_len: int | None):

@@ -42,6 +42,7 @@ from jinject.data import (
     sample_task_batch,
     split_corpus,
 )
+from jinject.rundir import check_out_dir, read_run_config  # noqa: F401  (public here too)
 
 State = dict[str, Any]  # {"params": nnx.State, "adapter": Adapter, "opt_state": ..., "step": int32[]}
 Batch = dict[str, Any]
@@ -362,18 +363,11 @@ class Run:
 def preflight(config: TrainConfig) -> Any:
     """Everything about a config that can be checked without loading a model or compiling a teacher (a
     fraction of a second), so that bad input fails before a long load: the task and its options, the
-    teacher size, whether training examples fit it, the corpus, the device mesh. Returns the task."""
-    from jinject.tasks import get_task
-    from jinject.teacher import check_teacher_size
+    teacher size, whether training examples fit it, the corpus (`config.check_inputs`), the device mesh.
+    Returns the task."""
+    from jinject.config import check_inputs
 
-    task = get_task(config.task, **config.task_options)
-    n = check_teacher_size(task, config.teacher_max_seq_len)
-    for split in ("train", "test"):
-        task.examples(split, 1, config.seed, max_seq_len=n)  # the size checks of the real pool, on one example
-    train_text, heldout = split_corpus(load_corpus(config.corpus))
-    if len(train_text) <= config.text_seq_len:
-        raise ValueError(f"the corpus's training part has {len(train_text)} characters, not enough for one window "
-                         f"of text_seq_len={config.text_seq_len} tokens; give a longer --corpus")
+    task = check_inputs(config)
     mesh = make_mesh(config)
     n_dev = mesh.shape["data"] * mesh.shape["fsdp"]
     for name in ("batch_size", "text_batch_size"):
@@ -451,19 +445,6 @@ def _to_record(step: int, metrics: dict, seconds: float) -> dict:
         rec[k] = v.tolist() if v.ndim else float(v)
     rec["time"] = seconds
     return rec
-
-
-def check_out_dir(out: Path) -> None:
-    """`out` must be a directory or not exist yet (checked before anything is loaded)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is an existing file, not a run directory; choose a directory path")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"--out {out}: {parent} is a file, so no directory can be made under it")
-            if not os.access(parent, os.W_OK) and not out.exists():
-                raise ValueError(f"--out {out}: no permission to create a directory in {parent}")
-            break
 
 
 def _binding_config(out: Path, config: TrainConfig, say: Callable[[str], None]) -> None:
@@ -587,7 +568,7 @@ def _train_locked(config: TrainConfig, out: Path, on_step, progress: bool, compo
         peek = peek_model_config(config.model)
         if peek is not None:  # sizes that cannot fit in memory, from the model's metadata
             longest = task.max_problem_len("train") if hasattr(task, "max_problem_len") else None
-            from jinject.teacher import check_teacher_size
+            from jinject.tasks.base import check_teacher_size
 
             n = check_teacher_size(task, config.teacher_max_seq_len)
             check_memory(config, peek, min(longest or n, n))
@@ -678,27 +659,6 @@ def _progress_bar(total: int, initial: int, enabled: bool):
     tty = sys.stderr.isatty()
     return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=tty,
                 mininterval=0.5 if tty else 30.0, desc="train", unit="step")
-
-
-def read_run_config(out: str | Path) -> TrainConfig:
-    """The config of a run directory, checked without loading anything: the directory, its config.json and at
-    least one checkpoint must exist (fast, so the CLI can refuse bad input before a model load)."""
-    out = Path(out)
-    if not out.exists():
-        raise FileNotFoundError(f"run directory {out} does not exist; train one with `jinject train --out {out}`")
-    if not out.is_dir():
-        raise ValueError(f"{out} is a file, not a run directory (from `jinject train --out DIR`)")
-    steps = rundir.checkpoint_steps(out / "checkpoints")
-    if not (out / "config.json").exists():
-        if (out / "metrics.jsonl").exists() and not steps:
-            raise FileNotFoundError(f"{out} has no checkpoint yet (its training has not reached the first one); "
-                                    "wait for it, or resume the training")
-        raise FileNotFoundError(f"{out} is not a jinject run directory (no config.json); train one with "
-                                "`jinject train --out DIR`")
-    config = TrainConfig.load(out / "config.json")
-    if not steps:
-        raise FileNotFoundError(f"{out} has no checkpoint yet; wait for the first checkpoint or resume training")
-    return config
 
 
 def load_run(out: str | Path, step: int | None = None, components: tuple | None = None,

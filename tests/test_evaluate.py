@@ -498,6 +498,7 @@ def test_teacher_forced_exact_on_a_real_model_matches_full_logits(at):
 
 def test_cli_eval_and_decode(tmp_path, monkeypatch, capsys):
     import jinject.generation
+    import jinject.rundir
     import jinject.tasks
     import jinject.teacher
     import jinject.trainer
@@ -505,7 +506,7 @@ def test_cli_eval_and_decode(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(jinject.generation, "generate", fake_generate, raising=False)
     # the command line reads the run directory and checks its options before loading: fake each stage
-    monkeypatch.setattr(jinject.trainer, "read_run_config", lambda d: _fake_run(False).config)
+    monkeypatch.setattr(jinject.rundir, "read_run_config", lambda d: _fake_run(False).config)
     monkeypatch.setattr(jinject.tasks, "get_task", lambda name, **_: FakeTask())
     monkeypatch.setattr(jinject.teacher, "compile_teacher", lambda *a, **k: FakeTeacher())
     monkeypatch.setattr(jinject.trainer, "build", lambda config, say=None: (FakeTask(), FakeTeacher(), None, None))

@@ -34,7 +34,7 @@ from tracr.rasp import rasp
 from jinject.tasks import rasp_lib
 
 __all__ = ["Example", "Task", "RaspTask", "rasp_task", "get_task", "register_task", "TASKS", "BOS_PIECE",
-           "MAX_PROBLEM_LEN"]
+           "MAX_PROBLEM_LEN", "check_teacher_size"]
 
 # The student's beginning-of-sequence token as a piece: the piece encoder maps it to the tokenizer's BOS id.
 # It is not text, so prompt texts leave it out.
@@ -556,6 +556,29 @@ def check_length_option(task: str, **values: int) -> None:
         if not 0 <= v <= MAX_PROBLEM_LEN:
             raise ValueError(f"{task} option {key}={v} is out of range [0, {MAX_PROBLEM_LEN}]: no supported host "
                              f"reads more than {MAX_PROBLEM_LEN} positions (SmolLM2's context; GPT-2 has 1024)")
+
+
+def check_teacher_size(task: Task, max_seq_len: int | None) -> int:
+    """The teacher size `compile_teacher` would build (None: the task's default), refused with the limit and
+    the reason when it is not a positive integer, cannot hold even the task's shortest problem, or is beyond
+    what tracr compiles in reasonable time and memory. Cheap: nothing is compiled."""
+    n = task.default_max_seq_len if max_seq_len is None else max_seq_len
+    if isinstance(n, bool) or not isinstance(n, int | np.integer):
+        raise ValueError(f"max_seq_len must be an integer (None: the task's default), got {n!r}")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"max_seq_len must be >= 1 (None: the task's default {task.default_max_seq_len}), got {n}")
+    shortest = task.min_seq_len() if hasattr(task, "min_seq_len") else None
+    if shortest is not None and n < shortest:
+        raise ValueError(f"a {task.name} teacher with max_seq_len={n} holds no problem at all: the shortest one needs "
+                         f"{shortest} positions with its answer; use max_seq_len >= {shortest} "
+                         f"(default {task.default_max_seq_len})")
+    cap = getattr(task, "max_teacher_seq_len", None)
+    if cap is not None and n > cap:
+        why = getattr(task, "teacher_size_reason", "")
+        raise ValueError(f"a {task.name} teacher with max_seq_len={n} is above the limit of {cap}: {why}; "
+                         f"shorten the task's lengths (--task-option) or --max-seq-len")
+    return n
 
 
 # The longest problem any length option may ask for: the largest context of the supported hosts.
