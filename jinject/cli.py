@@ -168,6 +168,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     config = read_run_config(args.dir)  # the directory, its config.json, a checkpoint: before any load
     check_eval_args(args, get_task(config.task, **config.task_options))
+    from jinject.loading import peek_model_config
+
+    host = peek_model_config(config.model)
+    if host is not None and args.text_seq_len > host.max_position_embeddings:
+        raise ValueError(f"--text-seq-len {args.text_seq_len} is longer than the model's "
+                         f"{host.max_position_embeddings} positions")
 
     from jinject.evaluate import evaluate_run, format_table
     from jinject.trainer import load_run

@@ -518,7 +518,17 @@ def available_memory() -> tuple[int | None, str]:
         return None, ""
 
 
+def check_lengths(config: TrainConfig, model_config: Any, seq_len: int) -> None:
+    """Sequences longer than the host's positions: GPT-2 has no embedding for them, a RoPE host was never
+    trained on them (its output there is nonsense)."""
+    limit = model_config.max_position_embeddings
+    for what, n in (("text_seq_len", config.text_seq_len), ("the longest task example (tokens)", seq_len)):
+        if n > limit:
+            raise ValueError(f"{what}={n} is longer than the model's {limit} positions; use shorter inputs")
+
+
 def check_memory(config: TrainConfig, model_config: Any, seq_len: int) -> None:
+    check_lengths(config, model_config, seq_len)
     need = estimate_step_memory(config, model_config, seq_len)
     have, what = available_memory()
     if have is not None and need > have:

@@ -55,6 +55,8 @@ ROWS: list[tuple[str, list[str], str, str]] = [
     ("fsdp-three", [*TRAIN, "--fsdp", "3"], r"--fsdp 3 needs a multiple of 3 devices", "pre"),
     ("fsdp-zero", [*TRAIN, "--fsdp", "0"], r"mesh_fsdp must be >= 1", "pre"),
     ("batch-too-big", [*TRAIN, "--batch-size", "100000000"], r"need at least [\d.]+ GiB .*more than", "pre"),
+    ("text-longer-than-host", [*TRAIN, "--text-seq-len", "5000"], r"text_seq_len=5000 is longer than the model's 128",
+     "pre"),
     # ---- train: task and task options
     ("task-unknown", ["train", "--task", "nope", "--out", "{fresh}"], r"unknown task 'nope'", "pre"),
     ("option-float-for-int", [*TRAIN, "--task-option", "max_len=4.5"], r"max_len=4.5 must be an integer", "pre"),
@@ -105,6 +107,8 @@ ROWS: list[tuple[str, list[str], str, str]] = [
     ("eval-n-zero", ["eval", "{run}", "--n", "0"], r"--n must be >= 1, got 0", "pre"),
     ("eval-n-huge", ["eval", "{run}", "--n", "100000000"], r"--n=100,000,000 is above the limit", "pre"),
     ("eval-batch-zero", ["eval", "{run}", "--batch-size", "0"], r"--batch-size must be >= 1", "pre"),
+    ("eval-text-longer-than-host", ["eval", "{run}", "--text-seq-len", "5000"],
+     r"--text-seq-len 5000 is longer than the model's 128 positions", "pre"),
     ("eval-splits-unknown", ["eval", "{run}", "--splits", "bogus"], r"\['bogus'\] are not splits of shuffle-dyck",
      "pre"),
     ("eval-missing-dir", ["eval", "{tmp}/nowhere"], r"run directory .*nowhere does not exist", "pre"),
@@ -228,3 +232,10 @@ def test_timing_summary():
     print("\n" + "\n".join(lines))
     print(f"{len(ROWS)} rows: {len(pre)} refused before any load (CPU max {max(pre):.3f} s, "
           f"median {sorted(pre)[len(pre) // 2]:.3f} s)")
+
+
+def test_decode_names_why_the_teacher_has_no_reference(paths, capsys):
+    """A symbol the teacher was never compiled for is reported as such, not as 'too long'."""
+    assert cli.main(["decode", paths["run"], "(<>)"]) == 0
+    out = capsys.readouterr().out
+    assert "no teacher reference: '<', '>' are not in the teacher's vocabulary" in out and "too long" not in out
