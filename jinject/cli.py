@@ -243,8 +243,8 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         argv = getattr(Parser, "argv", None) or []
-        if argv and argv[0] == "decode" and any(a.startswith("-") and a not in DECODE_FLAGS and a != "--"
-                                                for a in argv[1:]):
+        if argv and argv[0] == "decode" and any(a.startswith("-") and a.split("=")[0] not in DECODE_FLAGS
+                                                and a != "--" for a in argv[1:]):
             message += ("; a problem that starts with '-' must come after `--`, e.g. "
                         "jinject decode DIR -- '-1+2'")
         super().error(message)

@@ -433,11 +433,6 @@ def _check_finite(records: list[dict], verified: int | None, out: Path) -> None:
             )
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep the steps <= last_step (kept for callers; `rundir.prepare_metrics` also keeps lost logs aside)."""
-    rundir.prepare_metrics(path, last_step)
-
-
 def _to_record(step: int, metrics: dict, seconds: float) -> dict:
     rec: dict[str, Any] = {"step": step}
     for k, v in metrics.items():
