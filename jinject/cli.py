@@ -101,7 +101,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     say = lambda msg: print(f"jinject eval: {msg} ...", file=sys.stderr, flush=True)
     results = evaluate_run(
         run, n_examples=args.n, n_decode=args.n_decode, n_causal=args.n_causal, n_text_windows=args.n_text,
-        text_seq_len=args.text_seq_len, noise_norms=tuple(args.noise_norms), splits=args.splits,
+        text_seq_len=args.text_seq_len, noise_norms=tuple(args.noise_norms),
+        relative_noise=tuple(args.relative_noise), splits=args.splits,
         batch_size=args.batch_size, seed=args.eval_seed, out=args.dir, progress=say,
     )
     print(format_table(results))
@@ -202,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-seq-len", type=int, default=64, help="tokens per held-out text window")
     p.add_argument("--noise-norms", type=float, nargs="+", default=[0.0, 5.0, 10.0, 30.0],
                    help="L2 norms of the causal-test noise")
+    p.add_argument("--relative-noise", type=float, nargs="*", default=[0.1, 0.3, 1.0],
+                   help="causal-test noise norms as fractions of the mean residual norm at the intervened layer")
     p.add_argument("--splits", nargs="+", default=None, help="splits for accuracy (default: test + every OOD)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation examples (same for all runs)")

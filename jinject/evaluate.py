@@ -1,6 +1,6 @@
 """Evaluation of a trained run: accuracy, language retention, decoding accuracy, causal test -> eval.json.
 
-The four measurements of DESIGN.md §1 (Evaluation):
+The four measurements (docs/method.md, Evaluation):
 
 - **accuracy**: exact match of the greedy answer (jitted, KV-cached `jinject.generation.generate`) on the
   test split and on every OOD split. The prompt is encoded piece by piece, as in training.

@@ -1,4 +1,4 @@
-"""The public names of DESIGN.md §3 resolve to the right objects, whatever was imported first."""
+"""The public names users rely on resolve to the right objects, whatever was imported first."""
 
 import importlib
 import subprocess
