@@ -47,12 +47,18 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                        {**TODAY, "adapter_lr": 1e-2}),
     "+adapter-warmup": ("adapter alone for the first 30 steps (student frozen)", {**TODAY, "adapter_warmup_steps": 30}),
     "+marker-weight": ("the marker position weighs 5x in the alignment mean", {**TODAY, "marker_weight": 5.0}),
-    "all-fixes": ("every fix above at once (adapter: warm-up)",
+    "+stride2": ("teacher layer i <-> student hidden state 2i (two student blocks per teacher layer)",
+                 {**TODAY, "layer_stride": 2, "intervene_at": 8}),
+    "all-fixes": ("every fix above at once (adapter: warm-up), stride 1",
                   {"task_options": FRAMED, "adapter_warmup_steps": 30, "marker_weight": 5.0}),
+    "all-fixes+stride2": ("every fix above at once, stride 2",
+                          {"task_options": FRAMED, "adapter_warmup_steps": 30, "marker_weight": 5.0,
+                           "layer_stride": 2}),
     "baseline+frame-bos": ("the baseline on the framed prompts", {"baseline": True, "task_options": FRAMED}),
 }
-DEFAULT_ORDER = ["all-fixes", "baseline", "today", "+placement", "+feasible", "+frame-bos", "+adapter-warmup",
-                 "+adapter-ratio", "+marker-weight", "align-only", "intervene-only", "baseline+frame-bos"]
+DEFAULT_ORDER = ["all-fixes", "baseline", "all-fixes+stride2", "today", "+placement", "+feasible", "+frame-bos",
+                 "+adapter-warmup", "+adapter-ratio", "+marker-weight", "+stride2", "align-only", "intervene-only",
+                 "baseline+frame-bos"]
 TASK = "shuffle-dyck"
 
 
