@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-seq-len", type=int, default=64, help="tokens per held-out text window")
     p.add_argument("--noise-norms", type=float, nargs="+", default=[0.0, 5.0, 10.0, 30.0],
                    help="L2 norms of the causal-test noise")
-    p.add_argument("--relative-noise", type=float, nargs="*", default=[0.1, 0.3, 1.0],
+    p.add_argument("--relative-noise", type=float, nargs="*", default=[0.1, 0.3, 0.5, 1.0],
                    help="causal-test noise norms as fractions of the mean residual norm at the intervened layer")
     p.add_argument("--splits", nargs="+", default=None, help="splits for accuracy (default: test + every OOD)")
     p.add_argument("--batch-size", type=int, default=32)

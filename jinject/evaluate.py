@@ -42,7 +42,7 @@ from jinject import objective as obj
 from jinject.data import PieceEncoder, TaskArrays, encode_examples, load_corpus, split_corpus
 
 NOISE_NORMS = (0.0, 5.0, 10.0, 30.0)
-RELATIVE_NOISE = (0.1, 0.3, 1.0)  # noise norms as fractions of the mean residual norm at the intervened layer
+RELATIVE_NOISE = (0.1, 0.3, 0.5, 1.0)  # noise norms as fractions of the mean residual norm at the intervened layer
 EVAL_SEED = 0  # the same held-out examples for every run, so injected and baseline face the same test
 SKIP_VARIABLES = ("one",)  # tracr's constant direction: always 1, nothing to decode
 
