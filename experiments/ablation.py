@@ -55,9 +55,14 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "all-fixes+stride2": ("every fix above at once, stride 2",
                           {"task_options": FRAMED, "adapter_warmup_steps": 30, "marker_weight": 5.0,
                            "layer_stride": 2}),
+    "all-fixes+stride2+balance": ("every fix, stride 2, and the original's balance-based dyck program "
+                                  "(8 layers) instead of exact counts",
+                                  {"task_options": {**FRAMED, "program": "balance"}, "adapter_warmup_steps": 30,
+                                   "marker_weight": 5.0, "layer_stride": 2}),
     "baseline+frame-bos": ("the baseline on the framed prompts", {"baseline": True, "task_options": FRAMED}),
 }
-DEFAULT_ORDER = ["all-fixes", "baseline", "all-fixes+stride2", "today", "+placement", "+feasible", "+frame-bos",
+DEFAULT_ORDER = ["all-fixes", "baseline", "all-fixes+stride2", "all-fixes+stride2+balance", "today", "+placement",
+                 "+feasible", "+frame-bos",
                  "+adapter-warmup", "+adapter-ratio", "+marker-weight", "+stride2", "align-only", "intervene-only",
                  "baseline+frame-bos"]
 TASK = "shuffle-dyck"
