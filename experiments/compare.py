@@ -202,7 +202,7 @@ def write_tables(out: Path, records: list[dict[str, Any]], preset: dict[str, Any
               "Decoding: fraction of (position, variable) values read from the student through the adapter that "
               "equal the teacher's, averaged over the aligned layers where the teacher holds the variable; "
               "'at its layer': at the layer that writes the variable ('marker': at the last prompt token only). "
-              "Causal: accuracy with noise of the given L2 norm (absolute, or a fraction of the mean residual norm "
+              "Causal: accuracy with noise of the given L2 norm (absolute, or a fraction of the median residual norm "
               "at the intervened hidden state) added inside the answer subspace vs a random subspace of "
               "the same dimension. Decoding and causal rows do not apply to the baseline (—).", ""]
     for task in sorted({r["task"] for r in rows}):

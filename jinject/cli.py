@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-norms", type=float, nargs="+", default=[0.0, 5.0, 10.0, 30.0],
                    help="L2 norms of the causal-test noise")
     p.add_argument("--relative-noise", type=float, nargs="*", default=[0.1, 0.3, 0.5, 1.0],
-                   help="causal-test noise norms as fractions of the mean residual norm at the intervened layer")
+                   help="causal-test noise norms as fractions of the median residual norm at the intervened layer")
     p.add_argument("--splits", nargs="+", default=None, help="splits for accuracy (default: test + every OOD)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation examples (same for all runs)")

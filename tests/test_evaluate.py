@@ -291,7 +291,8 @@ def test_causal_test_noise_relative_to_the_residual_norm(setup):
     r2 = np.asarray(fake_residuals(jnp.asarray(arrays.teacher_ids)))[2, :, 1:]
     real = arrays.real_mask > 0
     assert rel["mean_norm"] == pytest.approx(float(np.linalg.norm(r2[real], axis=-1).mean()), rel=1e-4)
-    np.testing.assert_allclose(rel["norms"], [0.0, 0.5 * rel["mean_norm"], 3.0 * rel["mean_norm"]], rtol=1e-6)
+    assert rel["median_norm"] == pytest.approx(float(np.median(np.linalg.norm(r2[real], axis=-1))), rel=1e-4)
+    np.testing.assert_allclose(rel["norms"], [0.0, 0.5 * rel["median_norm"], 3.0 * rel["median_norm"]], rtol=1e-6)
     assert rel["answer_subspace"][0] == rel["random_subspace"][0] == 1.0
     assert rel["answer_subspace"][2] < rel["random_subspace"][2] - 0.15
     for bad in ((float("nan"),), (-1.0,)):
@@ -483,7 +484,7 @@ def test_ablation_configs_and_table(tmp_path):
                              "variables": {"need": {"per_layer": [None, 0.8], "final": 0.8, "written": 0.8}},
                              "marker": {"need": {"per_layer": [None, marker], "final": marker, "written": marker}}},
                 "causal": {"norms": [0], "answer_subspace": [acc], "random_subspace": [acc], "dim": 4,
-                           "relative": {"fractions": [0.5], "norms": [100.0], "mean_norm": 200.0,
+                           "relative": {"fractions": [0.5], "norms": [100.0], "median_norm": 200.0, "mean_norm": 210.0,
                                         "answer_subspace": [0.2], "random_subspace": [0.9]}}}
 
     for seed, acc, marker in ((0, 0.9, 0.5), (1, 1.0, 0.7)):
