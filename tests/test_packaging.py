@@ -88,9 +88,9 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: int = 900) 
     return proc.stdout
 
 
-def dry_run(pip: list[str], target: str, cwd: Path, *extra: str) -> dict[str, str]:
+def dry_run(pip: list[str], target: str, cwd: Path) -> dict[str, str]:
     """{name: version} that `pip install --dry-run` would install."""
-    report = json.loads(run([*pip, "install", "--dry-run", "--quiet", "--report", "-", *extra, target], cwd))
+    report = json.loads(run([*pip, "install", "--dry-run", "--quiet", "--report", "-", target], cwd))
     return {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"] for i in report["install"]}
 
 
@@ -130,8 +130,3 @@ def test_wheel_installs_beside_another_jax_and_keeps_it(tmp_path):
     assert "jax" not in cuda and "jaxlib" not in cuda and cuda["jax-cuda12-plugin"] == OTHER_JAX, cuda
     tpu = dry_run(pip, f"{wheel}[tpu]", tmp_path)
     assert "jax" not in tpu and "libtpu" in tpu, tpu
-    # and on a machine without jax, they bring matching builds
-    fresh = dry_run(pip, f"{wheel}[cuda12]", tmp_path, "--ignore-installed")
-    assert fresh["jax-cuda12-plugin"] == fresh["jax"] == fresh["jaxlib"], fresh
-    fresh_tpu = dry_run(pip, f"{wheel}[tpu]", tmp_path, "--ignore-installed")
-    assert "libtpu" in fresh_tpu and fresh_tpu["jax"] == fresh_tpu["jaxlib"], fresh_tpu
