@@ -20,8 +20,8 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
-# A jax release other than the locked one, inside jinject's range; the whole suite passed with it (and
-# numpy 2.0.2): this is what "Colab already has a compatible jax" looks like in the slow check.
+# A jax release other than the locked one, inside jinject's range; the whole suite passed with it: this is
+# what "Colab already has a compatible jax" looks like in the slow check.
 OTHER_JAX = "0.10.0"
 
 
