@@ -74,15 +74,21 @@ def train_config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from jinject.trainer import TrainingDiverged, maybe_initialize_distributed, train
 
+    if args.tensorboard and importlib.util.find_spec("tensorboardX") is None:  # before minutes of set-up
+        print("jinject train: error: --tensorboard needs tensorboardX: pip install 'jinject[tensorboard]'",
+              file=sys.stderr)
+        return 2
     maybe_initialize_distributed()
     config = train_config_from_args(args)
     out = args.out or f"runs/{config.task}-{config.variant}-s{config.seed}"
     print(f"jinject train: {config.variant} run of {config.task} into "
           f"{config.model}, {config.steps} steps -> {out}", file=sys.stderr)
     try:
-        run = train(config, out)
+        run = train(config, out, tensorboard=args.tensorboard)
     except TrainingDiverged as e:
         print(f"jinject train: stopped: {e}", file=sys.stderr)
         return 1
@@ -191,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remat", action="store_true", help="gradient checkpointing per block")
     p.add_argument("--fsdp", type=int, default=d.mesh_fsdp, help="devices on the fsdp mesh axis")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--log-every", type=int, default=d.log_every,
+                   help="steps between metric fetches; without a terminal, one plain progress line each")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write the metrics as TensorBoard event files to DIR (needs jinject[tensorboard]; "
+                        "not part of the run's config)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="accuracy (test + OOD), language retention, decoding accuracy, causal test")

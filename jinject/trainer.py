@@ -15,7 +15,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from jinject.data import (
     sample_task_batch,
     split_corpus,
 )
+from jinject.run_log import RunLog
 
 State = dict[str, Any]  # {"params": nnx.State, "adapter": Adapter, "opt_state": ..., "step": int32[]}
 Batch = dict[str, Any]
@@ -425,12 +425,15 @@ def train(
     on_step: Callable[[int, dict | None], None] | None = None,
     progress: bool = True,
     components: tuple | None = None,
+    tensorboard: str | Path | None = None,
 ) -> Run:
     """Train (or resume) a run in `out`: metrics.jsonl, config.json and orbax checkpoints live there.
 
     Resuming needs the same config as the run in `out`; a different one is refused rather than mixed.
     `components` = (task, teacher, model, tokenizer) skips `build(config)` (tests, notebooks).
     `on_step(step, record_or_None)` is called after every step (record when metrics were fetched).
+    `progress`: a bar on a terminal, one line per `log_every` steps otherwise (jinject.run_log).
+    `tensorboard=DIR` also writes the metrics as TensorBoard events; not part of the config (resume ignores it).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -461,10 +464,10 @@ def train(
         start = int(state["step"])
     batch_sh = batch_shardings(example, mesh)
 
+    log = RunLog(config.steps, start, config.log_every, progress=progress, tensorboard=tensorboard)
     _truncate_metrics(out / "metrics.jsonl", start)  # steps after the checkpoint are redone: log them once
     metrics_file = open(out / "metrics.jsonl", "a")
     pending: list[tuple[int, dict, float]] = []
-    bar = _progress_bar(config.steps, start, progress)
     t_last = time.perf_counter()
 
     def flush() -> list[dict]:
@@ -474,10 +477,7 @@ def train(
         for rec in records:
             metrics_file.write(json.dumps(rec) + "\n")
         metrics_file.flush()
-        if records:
-            last = records[-1]
-            bar.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "task", "kl", "align", "answer_acc") if k in last},
-                            refresh=False)
+        log.write(records)
         return records
 
     try:
@@ -487,7 +487,7 @@ def train(
             now = time.perf_counter()
             pending.append((i + 1, metrics, now - t_last))
             t_last = now
-            bar.update(1)
+            log.step()
             done = i + 1
             records = None
             if done % config.log_every == 0 or done % config.checkpoint_every == 0 or done == config.steps:
@@ -500,20 +500,12 @@ def train(
                 on_step(done, records[-1] if records else None)
         manager.wait_until_finished()
     finally:
-        bar.close()
+        log.close()
         metrics_file.close()
         manager.close()
 
     trained = nnx.merge(nnx.graphdef(model), state["params"])
     return Run(config, task, teacher, trained, tokenizer, jax.device_get(state["adapter"]), int(state["step"]), model)
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    tty = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=tty,
-                mininterval=0.5 if tty else 30.0, desc="train", unit="step")
 
 
 def load_run(out: str | Path, step: int | None = None, components: tuple | None = None) -> Run:
