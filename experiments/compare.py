@@ -56,8 +56,11 @@ def make_config(preset: dict[str, Any], task: str, variant: str, seed: int, step
 def run_one(config: Any, directory: Path, eval_kwargs: dict[str, Any], components: tuple | None = None,
             log=print) -> dict[str, Any]:
     """Train (or resume) one run and evaluate it; an existing complete eval.json is reused."""
+    from jinject.compilation import enable_compilation_cache
     from jinject.evaluate import evaluate_run
     from jinject.trainer import load_run, train
+
+    enable_compilation_cache()  # seeds of one configuration share compiled steps and evaluations
 
     done = directory / "eval.json"
     if done.exists():

@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("train", "eval", "decode"):
+        from jinject.compilation import enable_compilation_cache
+
+        enable_compilation_cache()
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError, NotImplementedError) as e:  # bad input, missing files, offline hub, unsupported model
