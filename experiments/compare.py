@@ -56,8 +56,11 @@ def make_config(preset: dict[str, Any], task: str, variant: str, seed: int, step
 def run_one(config: Any, directory: Path, eval_kwargs: dict[str, Any], components: tuple | None = None,
             log=print) -> dict[str, Any]:
     """Train (or resume) one run and evaluate it; an existing complete eval.json is reused."""
+    from jinject.compilation import enable_compilation_cache
     from jinject.evaluate import evaluate_run
     from jinject.trainer import load_run, train
+
+    enable_compilation_cache()  # seeds of one configuration share compiled steps and evaluations
 
     done = directory / "eval.json"
     if done.exists():
@@ -111,11 +114,22 @@ def flatten(results: dict[str, Any]) -> dict[str, float]:
         answer = dec.get("answer_var")
         if answer in dec["variables"] and dec["variables"][answer].get("final") is not None:
             flat[f"decoding/{answer} (answer) at top layer"] = dec["variables"][answer]["final"]
+        for var, v in dec["variables"].items():
+            if v.get("written") is not None:
+                flat[f"decoding/{var} at its layer"] = v["written"]
+        for var, v in dec.get("marker", {}).items():
+            if v.get("written") is not None:
+                flat[f"decoding/{var} at its layer, marker"] = v["written"]
     cau = results.get("causal")
     if cau:
         for n, a, r in zip(cau["norms"], cau["answer_subspace"], cau["random_subspace"], strict=True):
             flat[f"causal/noise {n:g}: answer subspace"] = a
             flat[f"causal/noise {n:g}: random subspace"] = r
+        rel = cau.get("relative")
+        if rel:
+            for f, a, r in zip(rel["fractions"], rel["answer_subspace"], rel["random_subspace"], strict=True):
+                flat[f"causal/noise {f:g}x residual norm: answer subspace"] = a
+                flat[f"causal/noise {f:g}x residual norm: random subspace"] = r
     return flat
 
 
@@ -191,8 +205,10 @@ def write_tables(out: Path, records: list[dict[str, Any]], preset: dict[str, Any
     lines += ["Mean ± sample std over seeds (n = number of runs). Accuracy: greedy exact match. Retention: "
               "perplexity on held-out text (original model, trained model) and KL(original ‖ trained) per token. "
               "Decoding: fraction of (position, variable) values read from the student through the adapter that "
-              "equal the teacher's, averaged over the aligned layers where the teacher holds the variable. Causal: "
-              "accuracy with noise of the given L2 norm added inside the answer subspace vs a random subspace of "
+              "equal the teacher's, averaged over the aligned layers where the teacher holds the variable; "
+              "'at its layer': at the layer that writes the variable ('marker': at the last prompt token only). "
+              "Causal: accuracy with noise of the given L2 norm (absolute, or a fraction of the median residual norm "
+              "at the intervened hidden state) added inside the answer subspace vs a random subspace of "
               "the same dimension. Decoding and causal rows do not apply to the baseline (—).", ""]
     for task in sorted({r["task"] for r in rows}):
         seeds = sorted({rec["seed"] for rec in records if rec["task"] == task})

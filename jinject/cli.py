@@ -102,6 +102,7 @@ def train_config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import importlib.util
     from pathlib import Path
 
     config = train_config_from_args(args)  # types and ranges of every option, before anything heavy
@@ -117,12 +118,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from jinject.trainer import TrainingDiverged, maybe_initialize_distributed, preflight, train
 
+    if args.tensorboard and importlib.util.find_spec("tensorboardX") is None:  # before minutes of set-up
+        print("jinject train: error: --tensorboard needs tensorboardX: pip install 'jinject[tensorboard]'",
+              file=sys.stderr)
+        return 2
     maybe_initialize_distributed()
     preflight(config)  # + the device mesh
     print(f"jinject train: {config.variant} run of {config.task} into "
           f"{config.model}, {config.steps} steps -> {out}", file=sys.stderr)
     try:
-        run = train(config, out)
+        run = train(config, out, tensorboard=args.tensorboard)
     except TrainingDiverged as e:
         print(f"jinject train: stopped: {e}", file=sys.stderr)
         return 1
@@ -147,6 +152,10 @@ def check_eval_args(args: argparse.Namespace, task) -> None:
     for x in args.noise_norms:
         if not (math.isfinite(x) and x >= 0):
             raise ValueError(f"--noise-norms must be finite numbers >= 0 (L2 norms of the causal-test noise), got {x}")
+    for x in args.relative_noise:
+        if not (math.isfinite(x) and x >= 0):
+            raise ValueError(f"--relative-noise must be finite numbers >= 0 (multiples of the median residual norm "
+                             f"at the intervened layer), got {x}")
     if args.splits is not None:
         unknown = [s for s in args.splits if s not in task.splits]
         if unknown:
@@ -182,7 +191,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     say = lambda msg: print(f"jinject eval: {msg} ...", file=sys.stderr, flush=True)
     results = evaluate_run(
         run, n_examples=args.n, n_decode=args.n_decode, n_causal=args.n_causal, n_text_windows=args.n_text,
-        text_seq_len=args.text_seq_len, noise_norms=tuple(args.noise_norms), splits=args.splits,
+        text_seq_len=args.text_seq_len, noise_norms=tuple(args.noise_norms),
+        relative_noise=tuple(args.relative_noise), splits=args.splits,
         batch_size=args.batch_size, seed=args.eval_seed, out=args.dir, progress=say,
     )
     print(format_table(results))
@@ -314,7 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remat", action="store_true", help="gradient checkpointing per block")
     p.add_argument("--fsdp", type=int, default=d.mesh_fsdp, help="devices on the fsdp mesh axis")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--log-every", type=int, default=d.log_every,
+                   help="steps between metric fetches; without a terminal, one plain progress line each")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write the metrics as TensorBoard event files to DIR (needs jinject[tensorboard]; "
+                        "not part of the run's config)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="accuracy (test + OOD), language retention, decoding accuracy, causal test")
@@ -326,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-seq-len", type=int, default=64, help="tokens per held-out text window")
     p.add_argument("--noise-norms", type=float, nargs="+", default=[0.0, 5.0, 10.0, 30.0],
                    help="L2 norms of the causal-test noise")
+    p.add_argument("--relative-noise", type=float, nargs="*", default=[0.1, 0.3, 0.5, 1.0],
+                   help="causal-test noise norms as fractions of the median residual norm at the intervened layer")
     p.add_argument("--splits", nargs="+", default=None, help="splits for accuracy (default: test + every OOD)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation examples (same for all runs)")
@@ -346,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     Parser.argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if args.command in ("train", "eval", "decode"):
+        from jinject.compilation import enable_compilation_cache
+
+        enable_compilation_cache()
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError, NotImplementedError) as e:  # bad input, missing files, offline hub, unsupported model

@@ -20,7 +20,7 @@ MAX_N_TRAIN = 1_000_000
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a run. Defaults follow the original work where it said (DESIGN.md §1)."""
+    """Everything that decides a run. Defaults follow the original work where it said (docs/method.md)."""
 
     task: str = "shuffle-dyck"
     task_options: dict[str, Any] = field(default_factory=dict)  # get_task(task, **task_options): lengths etc.

@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=DEMO.steps)
     args = parser.parse_args(argv)
 
+    from jinject.compilation import enable_compilation_cache
     from jinject.trainer import heldout_metrics, train
+
+    enable_compilation_cache()
 
     config = TrainConfig(**{**DEMO.__dict__, "steps": args.steps})
     t0 = time.perf_counter()

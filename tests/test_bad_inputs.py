@@ -104,6 +104,8 @@ ROWS: list[tuple[str, list[str], str, str]] = [
      "pre"),
     ("eval-noise-negative", ["eval", "{run}", "--noise-norms", "0", "-1"], r"--noise-norms must be .*>= 0.*got -1",
      "pre"),
+    ("eval-relative-noise-negative", ["eval", "{run}", "--relative-noise", "0.3", "-0.5"],
+     r"--relative-noise must be finite numbers >= 0 .*got -0.5", "pre"),
     ("eval-n-zero", ["eval", "{run}", "--n", "0"], r"--n must be >= 1, got 0", "pre"),
     ("eval-n-huge", ["eval", "{run}", "--n", "100000000"], r"--n=100,000,000 is above the limit", "pre"),
     ("eval-batch-zero", ["eval", "{run}", "--batch-size", "0"], r"--batch-size must be >= 1", "pre"),

@@ -2,7 +2,8 @@
 
 Loaded once for this module (a few seconds, no network). Checks the GGUF conversion (Q/K permutation,
 tied head) through language-model quality: perplexity on ordinary English prose vs the same tokens
-shuffled, and a factual greedy continuation; and the tokenizer recipe from DESIGN §2.
+shuffled, and a factual greedy continuation; and the tokenizer recipe (byte-level BPE from the GGUF
+metadata, digits split).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The public names of DESIGN.md §3 resolve to the right objects, whatever was imported first."""
+"""The public names users rely on resolve to the right objects, whatever was imported first."""
 
 import importlib
 import subprocess
@@ -24,3 +24,20 @@ def test_cli_help_lists_every_command():
     assert out.returncode == 0
     for command in ("compile", "train", "eval", "decode"):
         assert command in out.stdout
+
+
+def test_compilation_cache_setting(tmp_path, monkeypatch):
+    import jax
+
+    from jinject.compilation import enable_compilation_cache
+
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    try:
+        monkeypatch.setenv("JINJECT_XLA_CACHE", "off")
+        assert enable_compilation_cache() is None and jax.config.jax_compilation_cache_dir == before
+        monkeypatch.setenv("JINJECT_XLA_CACHE", str(tmp_path / "xla"))
+        assert enable_compilation_cache() == tmp_path / "xla"
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla") and (tmp_path / "xla").is_dir()
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

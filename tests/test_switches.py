@@ -185,3 +185,17 @@ def test_framed_teacher_answers_like_the_oracle():
     teacher = compile_teacher(task)
     assert teacher.answer(task.prompt(")(")) == "no" and teacher.answer(task.prompt("([)]")) == "yes"
     assert verify_teacher(teacher, n_random=40).ok
+
+
+def test_balance_program_teacher_agrees_with_the_oracle():
+    from jinject.teacher import compile_teacher
+    from jinject.verify import verify_teacher
+
+    task = get_task("shuffle-dyck", min_len=2, max_len=4, max_input_len=4, program="balance")
+    teacher = compile_teacher(task)
+    assert teacher.n_layers == 8 and "balance0" in teacher.var_info and "need" not in teacher.var_info
+    assert teacher.answer(task.prompt("(]")) == "no" and teacher.answer(task.prompt("[(])")) == "yes"
+    assert teacher.answer(task.prompt("(([")) == "no"  # never negative, but unbalanced at the marker
+    assert verify_teacher(teacher, n_random=40).ok
+    with pytest.raises(ValueError, match="program 'nope' is unknown"):
+        get_task("shuffle-dyck", program="nope")

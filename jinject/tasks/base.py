@@ -1,6 +1,6 @@
 """`Task` and `Example`: what the student reads, what the teacher computes, and the data splits.
 
-Vocabulary of the two sides (one piece <-> one teacher token, DESIGN §1 step 1):
+Vocabulary of the two sides (one piece <-> one teacher token; docs/method.md):
 
 - a *problem* is a compact string (`"([)]{}"`, `"xyxxy"`, `"213+391"`);
 - the student sees *pieces*: short strings that each encode as ONE token of the student tokenizer

@@ -2,7 +2,9 @@
 
 Student text: `" ( [ ) ] ?"` -> `" yes."` / `" no."` (pieces `" ("`, ..., `" ?"`, then `" yes"`, `"."`).
 
-Teacher program (causal, all categorical except two 0/1 attention averages; 4 layers):
+Two teacher programs (task option `program`); both causal next-token predictors, verified against the oracle.
+
+`program="counts"` (default; all categorical except two 0/1 attention averages; 4 layers):
 
     need, have = two query-dependent counts (tracr SelectorWidth, layer 0):
         at a closing bracket c:  need = #c so far,        have = #partner(c) so far
@@ -17,6 +19,9 @@ Why it is exact: a string is shuffle-balanced iff no closing bracket ever exceed
 first violation always happens AT a closing bracket) and, with no violation, the totals of openers and
 closers are equal (each pair has closers <= openers, so equal sums force equal pairs).
 The pairwise comparison `need > have` costs one (n+1)^2-neuron MLP; everything else is O(n).
+
+`program="balance"` (8 layers): the original work's per-pair running balances as attention averages,
+see `make_dyck_balance_program`.
 """
 
 from __future__ import annotations
@@ -84,6 +89,55 @@ def make_dyck_program(pairs: tuple[str, ...] = PAIRS, marker: str = "?", yes: st
     return rasp.categorical(rasp.SequenceMap(next_token, rejected, tok)).named("answer")
 
 
+def make_dyck_balance_program(pairs: tuple[str, ...] = PAIRS, marker: str = "?", yes: str = "yes", no: str = "no",
+                              end: str = ".", filler: str = "_") -> rasp.SOp:
+    """The original work's formulation as a causal next-token program (8 layers): per pair, the running
+    balance = fraction of openers - fraction of closers so far (an attention average, numerical);
+    `negative_i` where it is below 0, `unbalanced_i` where it is not 0; `went_negative_i` = some prefix
+    position was negative (an average of `negative_i` > 0); at the marker the answer is "no" if any pair
+    went negative or is unbalanced. Every decision is a threshold on an average, the kind of quantity an
+    attention layer computes; the `counts` program asks for exact one-hot counts instead."""
+    tok = rasp.tokens
+    prevs = rasp.Select(tok, tok, rasp.Comparison.TRUE).named("prevs")  # causal: every position so far
+    went, unbalanced = [], []
+    for i, (o, c) in enumerate(pairs):
+        is_o = rasp.numerical(rasp.Map(lambda t, o=o: 1 if t == o else 0, tok)).named(f"is_open{i}")
+        is_c = rasp.numerical(rasp.Map(lambda t, c=c: 1 if t == c else 0, tok)).named(f"is_close{i}")
+        frac_o = rasp.numerical(rasp.Aggregate(prevs, is_o, default=0)).named(f"frac_open{i}")
+        frac_c = rasp.numerical(rasp.Aggregate(prevs, is_c, default=0)).named(f"frac_close{i}")
+        balance = rasp.numerical(rasp.LinearSequenceMap(frac_o, frac_c, 1, -1)).named(f"balance{i}")
+        negative = rasp.numerical(rasp.Map(lambda x: 1 if x < -1e-9 else 0, balance)).named(f"negative{i}")
+        unbalanced.append(rasp.categorical(rasp.Map(lambda x: abs(x) > 1e-9, balance)).named(f"unbalanced{i}"))
+        frac_neg = rasp.numerical(rasp.Aggregate(prevs, negative, default=0)).named(f"frac_negative{i}")
+        went.append(rasp.categorical(rasp.Map(lambda x: x > 1e-9, frac_neg)).named(f"went_negative{i}"))
+
+    unb = _any(unbalanced, "unbalanced")
+    rejected = _any([*went, unb], "rejected")  # a balanced tree of ORs: 8 layers for 3 pairs
+
+    def next_token(rej, t):
+        if t == marker:
+            return no if rej else yes
+        if t in (yes, no):
+            return end
+        return filler
+
+    return rasp.categorical(rasp.SequenceMap(next_token, rejected, tok)).named("answer")
+
+
+def _any(items: list[rasp.SOp], name: str) -> rasp.SOp:
+    """Categorical OR of boolean S-Ops as a balanced tree of SequenceMaps (depth log2 of their number)."""
+    level = 0
+    while len(items) > 1:
+        level += 1
+        pairs = [items[k:k + 2] for k in range(0, len(items), 2)]
+        items = [p[0] if len(p) == 1 else rasp.categorical(rasp.SequenceMap(lambda a, b: bool(a) or bool(b), *p))
+                 .named(name if len(pairs) == 1 else f"{name}_{level}_{k}") for k, p in enumerate(pairs)]
+    return items[0]
+
+
+PROGRAMS = {"counts": make_dyck_program, "balance": make_dyck_balance_program}
+
+
 def random_balanced(n: int, rng: np.random.Generator, pairs: tuple[str, ...]) -> str:
     """A random shuffle-balanced string of even length n."""
     assert n % 2 == 0
@@ -122,7 +176,7 @@ class ShuffleDyck(Task):
                            "~50 s on 2 CPU cores; 96: ~15 min)")
 
     def __init__(self, min_len: int = 5, max_len: int = 30, ood_max_len: int = 90, max_input_len: int = 40,
-                 frame: bool = False, bos: bool = False):
+                 frame: bool = False, bos: bool = False, program: str = "counts"):
         check_length_option(self.name, min_len=min_len, max_len=max_len, ood_max_len=ood_max_len,
                             max_input_len=max_input_len)
         if not 0 <= min_len <= max_len <= max_input_len:
@@ -131,6 +185,9 @@ class ShuffleDyck(Task):
         if ood_max_len <= max_len:
             raise ValueError(f"shuffle-dyck needs ood_max_len > max_len (the ood-length split is longer than "
                              f"training), got ood_max_len={ood_max_len}, max_len={max_len}")
+        if program not in PROGRAMS:
+            raise ValueError(f"shuffle-dyck program {program!r} is unknown; choose one of {sorted(PROGRAMS)}")
+        self.program_name = program
         self.min_len, self.max_len, self.ood_max_len = min_len, max_len, ood_max_len
         self.max_input_len = max_input_len
         self.frame, self.bos = frame, bos
@@ -153,7 +210,7 @@ class ShuffleDyck(Task):
 
     # ---- teacher -----------------------------------------------------------------------------------
     def program(self, max_seq_len: int) -> rasp.SOp:
-        return make_dyck_program(PAIRS, self.marker, end=self.end_token, filler=self.filler)
+        return PROGRAMS[self.program_name](PAIRS, self.marker, end=self.end_token, filler=self.filler)
 
     def teacher_vocab(self) -> frozenset[str]:
         return frozenset("".join(PAIRS)) | {self.marker, "yes", "no", self.end_token, self.filler}
