@@ -55,7 +55,7 @@ class TrainConfig:
     adapter_lr: float = 1e-4
     weight_decay: float = 0.01
     warmup_steps: int = 0
-    adapter_warmup_steps: int = 0  # the student is frozen (learning rate 0) for these first steps
+    adapter_warmup_steps: int = 0  # the student is frozen (learning rate 0) for these first steps; needs align
     schedule: str = "constant"  # after warmup: "constant" (the original) or "cosine" decay to 0 at `steps`
     grad_clip: float | None = None
     # numerics and scale-out

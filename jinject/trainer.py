@@ -113,7 +113,9 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """AdamW with its own learning rate for the model and for the adapter (original: 1e-6 / 1e-4).
 
     With `adapter_warmup_steps` = N the model's learning rate is 0 for the first N steps (the adapter
-    learns alone, so the student never chases a near-random map), then its own schedule starts.
+    learns alone, so the student never chases a near-random map), then its own schedule starts. Without
+    alignment the adapter learns nothing, so there is nothing to warm up: the model trains from step 0
+    (a baseline with the injected run's settings keeps all its steps).
     """
 
     def schedule(lr: float, steps: int) -> optax.Schedule:
@@ -126,7 +128,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     def adamw(lr: optax.Schedule) -> optax.GradientTransformation:
         return optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay)
 
-    frozen_for = config.adapter_warmup_steps
+    frozen_for = config.adapter_warmup_steps if config.align else 0
     model_lr = schedule(config.lr, config.steps - frozen_for)
     if frozen_for:
         model_lr = optax.join_schedules([optax.constant_schedule(0.0), model_lr], [frozen_for])

@@ -148,6 +148,19 @@ def test_adapter_warmup_keeps_the_student_frozen(comps):
     assert max(moved) > 0
 
 
+def test_adapter_warmup_does_not_freeze_a_run_without_alignment(comps):
+    """A baseline run with the injected run's settings trains the model from step 0: there is no adapter
+    to warm up, and freezing it would only take steps from the baseline."""
+    task, teacher, model, tokenizer = comps
+    config = tiny.config(adapter_warmup_steps=3, steps=6, baseline=True)
+    step = make_train_step(model, None, config)
+    state = init_state(model, None, config)
+    params0 = jax.tree.map(np.array, state["params"])
+    state, _ = step(state, Pipeline(config, task, None, tokenizer).batch(0))
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state["params"], params0))
+    assert max(moved) > 0
+
+
 @pytest.mark.parametrize("name,problem", [("shuffle-dyck", "([)]"), ("count", "xyx"), ("int-sum", "21+39")])
 def test_framed_prompts_with_bos(name, problem):
     plain = get_task(name)
