@@ -1,6 +1,6 @@
 """Tracr injection vs baseline, for every task over several seeds: the result table of the method.
 
-    python experiments/compare.py --preset cpu            # smollm2-135m, 2-core CPU, a few hours
+    python experiments/compare.py --preset cpu --jobs 2   # smollm2-135m, 2-core CPU, ~3 hours (18 runs)
     python experiments/compare.py --preset paper          # gpt2-large, 20k steps: a GPU/TPU VM
     python experiments/compare.py --preset cpu --tasks count --seeds 0   # one slice (e.g. per machine)
     python experiments/compare.py --preset cpu --aggregate-only          # tables from finished runs
@@ -240,6 +240,40 @@ def _ood_figure(out: Path, task: str, records: list[dict[str, Any]]) -> Path | N
 # -------------------------------------------------------------------------------------------- main
 
 
+def run_in_parallel(jobs: list[tuple[str, str, int]], args: argparse.Namespace, out: Path, preset: dict) -> None:
+    """Each run in its own process on one core (XLA single-threaded), `args.jobs` at a time; a failed run is
+    reported and the others go on (rerunning resumes it)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                                       "intra_op_parallelism_threads=1").strip()}
+    cores = sorted(os.sched_getaffinity(0))
+    pending, running = list(jobs), {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            task, variant, seed = pending.pop(0)
+            core = next(c for c in cores[: args.jobs] if c not in running.values()) if len(cores) >= args.jobs else None
+            cmd = [sys.executable, __file__, "--preset", args.preset, "--out", str(out), "--tasks", task,
+                   "--variants", variant, "--seeds", str(seed), "--no-tables"]
+            for flag in ("steps", "model"):
+                if getattr(args, flag) is not None:
+                    cmd += [f"--{flag}", str(getattr(args, flag))]
+            if core is not None:
+                cmd = ["taskset", "-c", str(core), *cmd]
+            print(f"[{len(jobs) - len(pending)}/{len(jobs)}] {task} {variant} seed {seed}"
+                  f"{f' on core {core}' if core is not None else ''} ({time.strftime('%H:%M:%S')})", flush=True)
+            running[subprocess.Popen(cmd, env=env)] = core
+        finished = next((p for p in running if p.poll() is not None), None)
+        if finished is None:
+            time.sleep(5)
+            continue
+        if finished.returncode != 0:
+            print(f"compare: a run failed (exit {finished.returncode}): {' '.join(finished.args[-8:])}", flush=True)
+        del running[finished]
+        write_tables(out, collect(out), preset)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu", help="cpu | paper | path/to/preset.json")
@@ -250,7 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override the preset's steps")
     parser.add_argument("--model", default=None, help="override the preset's host model")
     parser.add_argument("--aggregate-only", action="store_true", help="only rebuild the tables from eval.json files")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once, each pinned to one core with one XLA thread (2 on a 2-core machine: "
+                             "1.11x the throughput of one run on both cores, experiments/bench_cpu_jobs.py)")
+    parser.add_argument("--no-tables", action="store_true", help=argparse.SUPPRESS)  # a --jobs worker
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
 
     preset = load_preset(args.preset)
     if args.model:
@@ -265,11 +305,16 @@ def main(argv: list[str] | None = None) -> int:
             eval_kwargs["noise_norms"] = tuple(float(x) for x in eval_kwargs["noise_norms"])
         jobs = [(t, v, s) for t in tasks for s in seeds for v in args.variants]
         print(f"compare: preset {preset['name']}, {len(jobs)} runs -> {out}")
-        for k, (task, variant, seed) in enumerate(jobs, 1):
+        if args.jobs > 1:
+            run_in_parallel(jobs, args, out, preset)
+        for k, (task, variant, seed) in enumerate(jobs if args.jobs == 1 else [], 1):
             config = make_config(preset, task, variant, seed, args.steps)
             print(f"[{k}/{len(jobs)}] {task} {variant} seed {seed}: {config.model}, {config.steps} steps", flush=True)
             run_one(config, run_dir(out, task, variant, seed), eval_kwargs)
-            write_tables(out, collect(out), preset)  # partial tables as runs finish
+            if not args.no_tables:
+                write_tables(out, collect(out), preset)  # partial tables as runs finish
+    if args.no_tables:
+        return 0
     path = write_tables(out, collect(out), preset)
     print(path.read_text())
     print(f"compare: wrote {path}, {out / 'results.csv'}, {out / 'runs.csv'}")

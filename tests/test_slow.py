@@ -35,3 +35,32 @@ def test_smollm2_train_eval_decode_from_the_command_line(tmp_path, capsys):
     assert 10 < results["retention"]["ppl_original"] < 60
     assert cli.main(["decode", str(out), " ( ) ?", "--plot", str(tmp_path / "d.png")]) == 0
     assert (tmp_path / "d.png").stat().st_size > 10_000
+
+
+def test_compare_runs_jobs_in_parallel_and_tables_every_run(tmp_path):
+    """`compare.py --jobs 2`: two runs at once, each in its own process on its own core; both are trained,
+    evaluated and in the table, as with one job."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import tiny
+
+    from jinject.export import export_model
+
+    _, _, model, tokenizer = tiny.components(d_model=32, family="gpt2")
+    model_dir = export_model(model, tokenizer, tmp_path / "tiny_gpt2")
+    preset = {"seeds": [0], "train": {"model": str(model_dir), "steps": 4, "batch_size": 4, "text_seq_len": 16,
+                                      "n_train": 64, "lr": 1e-3, "checkpoint_every": 2, "log_every": 1},
+              "tasks": {"shuffle-dyck": {"task_options": tiny.OPTIONS}},
+              "eval": {"n_examples": 8, "n_decode": 8, "n_causal": 8, "n_text_windows": 2, "text_seq_len": 16}}
+    (tmp_path / "tiny.json").write_text(json.dumps(preset))
+    script = Path(__file__).resolve().parents[1] / "experiments" / "compare.py"
+    proc = subprocess.run([sys.executable, str(script), "--preset", str(tmp_path / "tiny.json"), "--out",
+                           str(tmp_path / "out"), "--jobs", "2"], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for variant in ("injected", "baseline"):
+        results = json.loads((tmp_path / "out" / "runs" / f"shuffle-dyck-{variant}-s0" / "eval.json").read_text())
+        assert results["run"]["step"] == 4
+    assert "on core" in proc.stdout
+    assert "| accuracy/test |" in (tmp_path / "out" / "results.md").read_text()
