@@ -10,7 +10,8 @@ command picks up where it stopped; a run whose eval.json is complete is not redo
 `jinject.evaluate.evaluate_run` (same evaluation examples for all runs), and the table is rebuilt from
 every eval.json under OUT: `results.md` (mean ± std over seeds, injected next to baseline),
 `results.csv` (the same numbers, one row per task x metric), `runs.csv` (one row per run x metric) and
-one OOD-accuracy figure per task. A preset is a JSON file in experiments/presets/ (or any path).
+one OOD-accuracy figure per task; a hand-written OUT/notes.md (status, what the numbers say) is copied
+into results.md above the tables. A preset is a JSON file in experiments/presets/ (or any path).
 """
 
 from __future__ import annotations
@@ -210,6 +211,9 @@ def write_tables(out: Path, records: list[dict[str, Any]], preset: dict[str, Any
               "Causal: accuracy with noise of the given L2 norm (absolute, or a fraction of the median residual norm "
               "at the intervened hidden state) added inside the answer subspace vs a random subspace of "
               "the same dimension. Decoding and causal rows do not apply to the baseline (—).", ""]
+    notes = out / "notes.md"  # hand-written status and reading of the numbers, kept across table rebuilds
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
     for task in sorted({r["task"] for r in rows}):
         seeds = sorted({rec["seed"] for rec in records if rec["task"] == task})
         lines += [f"## {task}", "", f"seeds: {seeds}", "", "| metric | injected | baseline |", "|---|---|---|"]

@@ -442,7 +442,9 @@ def test_compare_tables_mean_and_std_over_seeds(tmp_path):
     assert test["baseline_mean"] == pytest.approx(0.6) and test["baseline_n"] == 2
     assert rows["decoding/p (answer) at top layer"]["injected_mean"] == pytest.approx(0.8)
     assert "baseline_mean" not in rows["causal/noise 5: answer subspace"]
+    (tmp_path / "notes.md").write_text("Status: two of three seeds.\n")
     md = cmp.write_tables(tmp_path, records, cmp.load_preset("cpu")).read_text()
+    assert "Status: two of three seeds." in md
     assert "| accuracy/test | 0.900 ± 0.141 (n=2) | 0.600 ± 0.141 (n=2) |" in md
     assert "| causal/noise 5: answer subspace | 0.100 ± 0.000 (n=2) | — |" in md
     assert (tmp_path / "ood_parity.png").exists()
