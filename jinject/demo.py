@@ -41,6 +41,12 @@ DEMO_EVAL = dict(n_examples=200, n_decode=100, n_causal=200, n_text_windows=32, 
                  noise_norms=(0.0, 5.0, 10.0, 30.0))
 
 
+def demo_config(steps: int = DEMO.steps) -> TrainConfig:
+    """The demo's settings for `steps` steps; the adapter-only warm-up keeps its share of the steps."""
+    warmup = round(DEMO.adapter_warmup_steps * steps / DEMO.steps)
+    return TrainConfig(**{**DEMO.__dict__, "steps": steps, "adapter_warmup_steps": warmup})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo")
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     enable_compilation_cache()
 
-    config = TrainConfig(**{**DEMO.__dict__, "steps": args.steps})
+    config = demo_config(args.steps)
     t0 = time.perf_counter()
     print(f"jinject demo: injecting {config.task} into {config.model} for {config.steps} steps -> {args.out}")
     run = train(config, args.out)

@@ -482,7 +482,9 @@ def test_ablation_configs_and_table(tmp_path):
     cmp = _compare_module()
     assert abl.make_config(preset, abl.CHOSEN, 2) == cmp.make_config(preset, "shuffle-dyck", "injected", 2)
     assert abl.make_config(preset, "baseline+frame-bos", 2) == cmp.make_config(preset, "shuffle-dyck", "baseline", 2)
-    from jinject.demo import DEMO, DEMO_EVAL
+    from jinject.demo import DEMO, DEMO_EVAL, demo_config
+
+    assert demo_config() == DEMO and demo_config(20).adapter_warmup_steps == 2  # `--steps 20` stays valid
 
     assert DEMO == cmp.make_config(preset, "shuffle-dyck", "injected", 0)  # `make demo` is the preset's seed 0
     assert DEMO_EVAL == {**preset["eval"], "noise_norms": tuple(float(x) for x in preset["eval"]["noise_norms"])}
