@@ -68,14 +68,6 @@ def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)])
 
 
-def end_piece_id(task: Any, encoder: PieceEncoder, examples: Sequence[Any]) -> int:
-    """The student id of the answer's end marker (the last answer piece of every example)."""
-    ends = {e.answer_pieces[-1] for e in examples}
-    if len(ends) != 1:
-        raise ValueError(f"task {getattr(task, 'name', task)!r} has several answer end pieces {sorted(ends)}")
-    return encoder(ends.pop())
-
-
 # ----------------------------------------------------------------------------------------- accuracy
 
 

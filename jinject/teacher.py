@@ -279,12 +279,6 @@ class Teacher:
             toks.append(tuple(t for _, t in self.task.prompt_units(problem)))
         return [self.task.answer_from_tokens(o) for o in self._generate(toks)]
 
-    def describe(self) -> str:
-        return (
-            f"teacher {self.task.name}: max_seq_len {self.max_seq_len} (+BOS), layers {self.n_layers}, "
-            f"width D {self.d_model}, params {self.param_count:,} (tracr dense {self.tracr_param_count:,})"
-        )
-
     def __repr__(self) -> str:
         return f"<Teacher {self.task.name} L={self.n_layers} D={self.d_model} n={self.max_seq_len}>"
 
