@@ -78,15 +78,7 @@ def make_dyck_program(pairs: tuple[str, ...] = PAIRS, marker: str = "?", yes: st
     pick = rasp.Select(unmatched, tok, lambda k, q: k is True).named("select_unmatched")
     any_unmatched = rasp.numerical(rasp.Aggregate(pick, one, default=0)).named("any_unmatched")
     rejected = rasp.categorical(rasp.Map(lambda x: x > 0.5, any_unmatched)).named("rejected")
-
-    def next_token(rej, t):
-        if t == marker:
-            return no if rej else yes
-        if t in (yes, no):
-            return end
-        return filler
-
-    return rasp.categorical(rasp.SequenceMap(next_token, rejected, tok)).named("answer")
+    return _answer(rejected, marker, yes, no, end, filler)
 
 
 def make_dyck_balance_program(pairs: tuple[str, ...] = PAIRS, marker: str = "?", yes: str = "yes", no: str = "no",
@@ -113,6 +105,11 @@ def make_dyck_balance_program(pairs: tuple[str, ...] = PAIRS, marker: str = "?",
 
     unb = _any(unbalanced, "unbalanced")
     rejected = _any([*went, unb], "rejected")  # a balanced tree of ORs: 8 layers for 3 pairs
+    return _answer(rejected, marker, yes, no, end, filler)
+
+
+def _answer(rejected: rasp.SOp, marker: str, yes: str, no: str, end: str, filler: str) -> rasp.SOp:
+    """The next token: the verdict at the marker, the end marker after it, filler elsewhere."""
 
     def next_token(rej, t):
         if t == marker:
@@ -121,7 +118,7 @@ def make_dyck_balance_program(pairs: tuple[str, ...] = PAIRS, marker: str = "?",
             return end
         return filler
 
-    return rasp.categorical(rasp.SequenceMap(next_token, rejected, tok)).named("answer")
+    return rasp.categorical(rasp.SequenceMap(next_token, rejected, rasp.tokens)).named("answer")
 
 
 def _any(items: list[rasp.SOp], name: str) -> rasp.SOp:
