@@ -61,8 +61,7 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "all-fixes+stride2": ("every fix above at once, stride 2 (the cpu preset's injected run)", CHOSEN_FIELDS),
     "all-fixes+stride2+balance": ("every fix, stride 2, and the original's balance-based dyck program "
                                   "(8 layers) instead of exact counts",
-                                  {"task_options": {**FRAMED, "program": "balance"}, "adapter_warmup_steps": 30,
-                                   "marker_weight": 5.0, "layer_stride": 2}),
+                                  {**CHOSEN_FIELDS, "task_options": {**FRAMED, "program": "balance"}}),
     "baseline+frame-bos": ("the baseline on the framed prompts (the cpu preset's baseline run)",
                            {**CHOSEN_FIELDS, "baseline": True}),
 }

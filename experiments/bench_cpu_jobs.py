@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+sys.path.insert(0, str(HERE))
+
+from compare import SINGLE_THREAD_XLA  # noqa: E402  (the flags `compare.py --jobs` runs with)
 
 JOB = """
 import json, sys
@@ -50,7 +52,7 @@ def run_jobs(n_jobs: int, args: argparse.Namespace, root: Path) -> list[float]:
         cmd = [sys.executable, "-c", JOB.format(here=str(HERE), task=args.task, variant=args.variant,
                                                 steps=args.steps, out=str(out))]
         if n_jobs > 1:  # one core each, one XLA thread each
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
+            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {SINGLE_THREAD_XLA}".strip()
             cmd = ["taskset", "-c", str(j % os.cpu_count()), *cmd]
         procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
         outs.append(out)

@@ -1,6 +1,6 @@
 """Tracr injection vs baseline, for every task over several seeds: the result table of the method.
 
-    python experiments/compare.py --preset cpu --jobs 2   # smollm2-135m, 2-core CPU, ~3 hours (18 runs)
+    python experiments/compare.py --preset cpu --jobs 2   # smollm2-135m, 2-core CPU, ~4 hours (18 runs)
     python experiments/compare.py --preset paper          # gpt2-large, 20k steps: a GPU/TPU VM
     python experiments/compare.py --preset cpu --tasks count --seeds 0   # one slice (e.g. per machine)
     python experiments/compare.py --preset cpu --aggregate-only          # tables from finished runs
@@ -244,14 +244,16 @@ def _ood_figure(out: Path, task: str, records: list[dict[str, Any]]) -> Path | N
 # -------------------------------------------------------------------------------------------- main
 
 
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
 def run_in_parallel(jobs: list[tuple[str, str, int]], args: argparse.Namespace, out: Path, preset: dict) -> None:
     """Each run in its own process on one core (XLA single-threaded), `args.jobs` at a time; a failed run is
     reported and the others go on (rerunning resumes it)."""
     import os
     import subprocess
 
-    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                                       "intra_op_parallelism_threads=1").strip()}
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {SINGLE_THREAD_XLA}".strip()}
     cores = sorted(os.sched_getaffinity(0))
     pending, running = list(jobs), {}
     while pending or running:
@@ -311,12 +313,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare: preset {preset['name']}, {len(jobs)} runs -> {out}")
         if args.jobs > 1:
             run_in_parallel(jobs, args, out, preset)
-        for k, (task, variant, seed) in enumerate(jobs if args.jobs == 1 else [], 1):
-            config = make_config(preset, task, variant, seed, args.steps)
-            print(f"[{k}/{len(jobs)}] {task} {variant} seed {seed}: {config.model}, {config.steps} steps", flush=True)
-            run_one(config, run_dir(out, task, variant, seed), eval_kwargs)
-            if not args.no_tables:
-                write_tables(out, collect(out), preset)  # partial tables as runs finish
+        else:
+            for k, (task, variant, seed) in enumerate(jobs, 1):
+                config = make_config(preset, task, variant, seed, args.steps)
+                print(f"[{k}/{len(jobs)}] {task} {variant} seed {seed}: {config.model}, {config.steps} steps",
+                      flush=True)
+                run_one(config, run_dir(out, task, variant, seed), eval_kwargs)
+                if not args.no_tables:
+                    write_tables(out, collect(out), preset)  # partial tables as runs finish
     if args.no_tables:
         return 0
     path = write_tables(out, collect(out), preset)
