@@ -10,6 +10,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     """Compile (or load) a task's teacher, print its size and variables, verify it against the oracle."""
     import time
 
+    from jinject.config_flags import parse_task_options
     from jinject.tasks import get_task
     from jinject.tasks.base import check_teacher_size
 
@@ -56,56 +57,13 @@ def check_nonnegative(args: argparse.Namespace, *names: str, positive: tuple[str
             raise ValueError(f"{flag} must be >= {low}, got {value}")
 
 
-def parse_task_options(items: list[str] | None) -> dict:
-    """`KEY=VALUE` strings -> {KEY: value}, values read as JSON where they parse (numbers, booleans); a key
-    given twice takes its last value (so a command can be extended with an override)."""
-    import json
-    import math
-
-    options = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"--task-option expects KEY=VALUE (e.g. max_len=12), got {item!r}")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        if isinstance(parsed, float) and not math.isfinite(parsed):
-            raise ValueError(f"--task-option {key}={value} is not a finite number")
-        if isinstance(parsed, list | dict) or parsed is None:
-            raise ValueError(f"--task-option {key}={value}: a value is a number, true/false or a word, "
-                             f"not {type(parsed).__name__ if parsed is not None else 'null'}")
-        options[key] = parsed
-    return options
-
-
-def train_config_from_args(args: argparse.Namespace):
-    from jinject.config import TrainConfig
-
-    fields = {
-        "task": args.task, "model": args.model, "baseline": args.baseline, "align": not args.no_align,
-        "intervene": not args.no_intervene, "intervene_at": args.intervene_at, "marker_weight": args.marker_weight,
-        "align_exclude": None if args.align_exclude is None else tuple(x for x in args.align_exclude if x),
-        "adapter_warmup_steps": args.adapter_warmup_steps, "schedule": args.schedule, "steps": args.steps,
-        "batch_size": args.batch_size, "text_batch_size": args.text_batch_size or args.batch_size,
-        "text_seq_len": args.text_seq_len, "n_train": args.n_train, "corpus": args.corpus, "seed": args.seed,
-        "align_weight": args.align_weight, "kl_weight": args.kl_weight, "layer_offset": args.layer_offset,
-        "layer_stride": args.layer_stride, "per_layer_adapter": args.per_layer_adapter, "lr": args.lr,
-        "adapter_lr": args.adapter_lr, "weight_decay": args.weight_decay, "warmup_steps": args.warmup_steps,
-        "grad_clip": args.grad_clip, "dtype": args.dtype, "remat": args.remat, "mesh_fsdp": args.fsdp,
-        "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
-        "teacher_max_seq_len": args.max_seq_len, "task_options": parse_task_options(args.task_option),
-    }
-    return TrainConfig(**fields)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     import importlib.util
     from pathlib import Path
 
-    config = train_config_from_args(args)  # types and ranges of every option, before anything heavy
+    from jinject.config_flags import config_from_args
+
+    config = config_from_args(args)  # types and ranges of every option, before anything heavy
     out = args.out or f"runs/{config.task}-{config.variant}-s{config.seed}"
     if not out.strip():
         raise ValueError("--out is empty; give a run directory")
@@ -277,55 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="task size option, repeatable (e.g. max_len=12 max_input_len=12 for shuffle-dyck)")
     p.set_defaults(func=cmd_compile)
 
-    from jinject.config import TrainConfig
+    from jinject.config_flags import add_config_flags
 
-    d = TrainConfig()
     p = sub.add_parser("train", help="inject a task into a model (or train the baseline); resumes from --out")
-    p.add_argument("--task", required=True, help="shuffle-dyck | count | int-sum")
-    p.add_argument("--model", default=d.model, help="smollm2-135m (offline default), a HF id, or a local HF dir")
-    p.add_argument("--baseline", action="store_true", help="task + KL only: no alignment, no intervention")
-    p.add_argument("--no-align", action="store_true", help="no alignment term (intervention only)")
-    p.add_argument("--no-intervene", action="store_true", help="no detach-and-roll intervention (alignment only)")
-    p.add_argument("--intervene-at", type=int, default=None, metavar="HIDDEN_INDEX",
-                   help="student hidden-state index of the intervention (default: the output of the block after "
-                        "the top aligned layer, the original's placement)")
-    p.add_argument("--align-exclude", nargs="*", default=None, metavar="VAR[@LAYER]",
-                   help="teacher variables left out of the alignment, at every layer or one (e.g. indices@0); "
-                        "default: auto (indices on hosts without absolute position embeddings); no value: none")
-    p.add_argument("--marker-weight", type=float, default=d.marker_weight,
-                   help="weight of the marker position (last prompt token) in the alignment mean")
-    p.add_argument("--adapter-warmup-steps", type=int, default=d.adapter_warmup_steps,
-                   help="train only the adapter (student frozen) for the first N steps")
-    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
-                   help="task option, repeatable (e.g. max_len=12 max_input_len=12 frame=true bos=true)")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--text-batch-size", type=int, default=None, help="default: --batch-size")
-    p.add_argument("--text-seq-len", type=int, default=d.text_seq_len)
-    p.add_argument("--n-train", type=int, default=d.n_train, help="size of the training example pool")
-    p.add_argument("--corpus", default=None, help="plain-text file for the KL regulariser (default: built-in)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    add_config_flags(p)  # one option per TrainConfig field (help and flag names: jinject/config.py)
     p.add_argument("--out", default=None, help="run directory (resumed if it holds a run)")
-    p.add_argument("--lr", type=float, default=d.lr, help="student learning rate")
-    p.add_argument("--adapter-lr", type=float, default=d.adapter_lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--schedule", default=d.schedule, choices=["constant", "cosine"],
-                   help="learning rate after warm-up: constant, or cosine decay to 0 at --steps")
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    p.add_argument("--align-weight", "--multiplier", type=float, default=d.align_weight,
-                   help="λ: total = task + KL + λ·alignment")
-    p.add_argument("--kl-weight", type=float, default=d.kl_weight)
-    p.add_argument("--layer-offset", type=int, default=d.layer_offset)
-    p.add_argument("--layer-stride", type=int, default=d.layer_stride)
-    p.add_argument("--per-layer-adapter", action="store_true", help="one map per aligned layer")
-    p.add_argument("--max-seq-len", type=int, default=None, help="teacher max_seq_len (default: task's)")
-    p.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16"])
-    p.add_argument("--remat", action="store_true", help="gradient checkpointing per block")
-    p.add_argument("--fsdp", type=int, default=d.mesh_fsdp, help="devices on the fsdp mesh axis")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--log-every", type=int, default=d.log_every,
-                   help="steps between metric fetches; without a terminal, one plain progress line each")
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="also write the metrics as TensorBoard event files to DIR (needs jinject[tensorboard]; "
                         "not part of the run's config)")

@@ -18,55 +18,81 @@ import numpy as np
 MAX_N_TRAIN = 1_000_000
 
 
+def _opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
+         flag: str | None = None, aliases: tuple[str, ...] = (), choices: tuple[str, ...] = (),
+         metavar: str | None = None, fallback: str | None = None, required: bool = False) -> Any:
+    """A TrainConfig field that carries its `jinject train` option in `metadata` (read by jinject.config_flags):
+    `help`; `flag` where it is not `--field-name` (`--no-field-name` for a boolean that defaults to true), and
+    `aliases`; `choices` (TrainConfig itself refuses other values too); `metavar`; `fallback`: the field whose
+    value the option takes when it is not given; `required`: the command line has no default."""
+    spec = dict(help=help, flag=flag, aliases=aliases, choices=choices, metavar=metavar, fallback=fallback,
+                required=required)
+    return field(default=default, default_factory=factory, metadata=spec)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a run. Defaults follow the original work where it said (docs/method.md)."""
+    """Everything that decides a run. Defaults follow the original work where it said (docs/method.md).
+    Every field is also a `jinject train` option; its help text and flag live in the field's metadata."""
 
-    task: str = "shuffle-dyck"
-    task_options: dict[str, Any] = field(default_factory=dict)  # get_task(task, **task_options): lengths etc.
-    model: str = "smollm2-135m"
-    baseline: bool = False  # task + KL only: no alignment, no intervention (sets align = intervene = False)
-    align: bool = True  # the alignment term λ·Σ_i (1 - cos(A·h_i, r_i))
-    intervene: bool = True  # detach-and-roll on the answer subspace during training
-    teacher_max_seq_len: int | None = None  # None: the task's default for its options
+    task: str = _opt("shuffle-dyck", "shuffle-dyck | count | int-sum", required=True)
+    # get_task(task, **task_options): lengths etc.
+    task_options: dict[str, Any] = _opt(
+        factory=dict, flag="--task-option", metavar="KEY=VALUE",
+        help="task option, repeatable (e.g. max_len=12 max_input_len=12 frame=true bos=true)")
+    model: str = _opt("smollm2-135m", "smollm2-135m (offline default), a HF id, or a local HF dir")
+    # sets align = intervene = False
+    baseline: bool = _opt(False, "task + KL only: no alignment, no intervention")
+    # the alignment term λ·Σ_i (1 - cos(A·h_i, r_i))
+    align: bool = _opt(True, "no alignment term (intervention only)")
+    # detach-and-roll on the answer subspace during training
+    intervene: bool = _opt(True, "no detach-and-roll intervention (alignment only)")
+    teacher_max_seq_len: int | None = _opt(None, "teacher max_seq_len (default: task's)", flag="--max-seq-len")
     # data
-    steps: int = 1000
-    batch_size: int = 8
-    text_batch_size: int = 8
-    text_seq_len: int = 32
-    n_train: int = 20_000  # size of the training pool drawn from task.examples("train")
-    corpus: str | None = None  # text file for the KL regulariser; None = the built-in corpus
-    seed: int = 0
+    steps: int = _opt(1000, "optimiser steps")
+    batch_size: int = _opt(8, "task examples per step")
+    text_batch_size: int = _opt(8, "text windows per step for the KL term (default: --batch-size)",
+                                fallback="batch_size")
+    text_seq_len: int = _opt(32, "tokens per text window of the KL term")
+    n_train: int = _opt(20_000, "size of the training example pool")  # drawn from task.examples("train")
+    corpus: str | None = _opt(None, "plain-text file for the KL regulariser (default: built-in)")
+    seed: int = _opt(0, "seed of the training pool, the batches and the adapter's initialisation")
     # objective
-    align_weight: float = 1.0  # λ in task + KL + λ·alignment
-    kl_weight: float = 1.0
-    layer_offset: int = 0  # student hidden index aligned with teacher layer 0
-    layer_stride: int = 1  # student layers per teacher layer
-    per_layer_adapter: bool = False  # one map per aligned layer instead of one shared map
+    align_weight: float = _opt(1.0, "λ: total = task + KL + λ·alignment", aliases=("--multiplier",))
+    kl_weight: float = _opt(1.0, "weight of the KL term")
+    layer_offset: int = _opt(0, "student hidden index aligned with teacher layer 0")
+    layer_stride: int = _opt(1, "student layers per teacher layer")
+    per_layer_adapter: bool = _opt(False, "one map per aligned layer")  # instead of one shared map
     # student hidden-state index of the intervention; None = the output of the block whose input is aligned
     # with the teacher's top layer (student_index[-1] + 1), where the original code hooked it
-    intervene_at: int | None = None
+    intervene_at: int | None = _opt(
+        None, metavar="HIDDEN_INDEX", help="student hidden-state index of the intervention (default: the output of "
+        "the block after the top aligned layer, the original's placement)")
     # teacher residual dimensions left out of the alignment: "VAR" (every layer) or "VAR@LAYER" (one teacher
     # layer), VAR a residual label's variable ("indices", "need", ...); None = "auto" (see objective.auto_exclude)
-    align_exclude: tuple[str, ...] | None = None
-    marker_weight: float = 1.0  # weight of the marker position (the last prompt token) in the alignment mean
+    align_exclude: tuple[str, ...] | None = _opt(
+        None, metavar="VAR[@LAYER]", help="teacher variables left out of the alignment, at every layer or one (e.g. "
+        "indices@0); default: auto (indices on hosts without absolute position embeddings); no value: none")
+    marker_weight: float = _opt(1.0, "weight of the marker position (last prompt token) in the alignment mean")
     # optimiser (AdamW; original: student 1e-6, adapter 1e-4, weight decay 0.01)
-    lr: float = 1e-6
-    adapter_lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 0
-    adapter_warmup_steps: int = 0  # the student is frozen (learning rate 0) for these first steps; needs align
-    schedule: str = "constant"  # after warmup: "constant" (the original) or "cosine" decay to 0 at `steps`
-    grad_clip: float | None = None
+    lr: float = _opt(1e-6, "student learning rate")
+    adapter_lr: float = _opt(1e-4, "adapter learning rate")
+    weight_decay: float = _opt(0.01, "AdamW weight decay")
+    warmup_steps: int = _opt(0, "steps of linear learning-rate warm-up from 0")
+    # the student is frozen (learning rate 0) for these first steps; needs align
+    adapter_warmup_steps: int = _opt(0, "train only the adapter (student frozen) for the first N steps")
+    schedule: str = _opt("constant", "learning rate after warm-up: constant, or cosine decay to 0 at --steps",
+                         choices=("constant", "cosine"))  # "constant" is the original's
+    grad_clip: float | None = _opt(None, "clip the global gradient norm to this (default or 0: no clipping)")
     # numerics and scale-out
-    dtype: str = "float32"  # student compute dtype: float32 | bfloat16
-    remat: bool = False
-    mesh_data: int = -1  # devices on the data axis; -1 = all that fsdp leaves
-    mesh_fsdp: int = 1
+    dtype: str = _opt("float32", "student compute dtype", choices=("float32", "bfloat16"))
+    remat: bool = _opt(False, "gradient checkpointing per block")
+    mesh_data: int = _opt(-1, "devices on the data mesh axis (default -1: all that --fsdp leaves)")
+    mesh_fsdp: int = _opt(1, "devices on the fsdp mesh axis", flag="--fsdp")
     # bookkeeping
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    checkpoint_every: int = _opt(200, "steps between checkpoints (and one at the end)")
+    keep_checkpoints: int = _opt(2, "newest checkpoints kept on disk")
+    log_every: int = _opt(10, "steps between metric fetches; without a terminal, one plain progress line each")
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -105,10 +131,10 @@ class TrainConfig:
         if self.adapter_warmup_steps and self.adapter_warmup_steps >= self.steps:
             raise ValueError(f"adapter_warmup_steps={self.adapter_warmup_steps} leaves no step for the student "
                              f"(steps={self.steps})")
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata["choices"]
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be {' or '.join(map(repr, choices))}, got {getattr(self, f.name)!r}")
         if not self.task:
             raise ValueError("task must be a task name, e.g. 'shuffle-dyck', got an empty string")
         if not self.model:
@@ -121,7 +147,7 @@ class TrainConfig:
         Optional. numpy scalars are accepted and stored as Python numbers (config.json stays plain JSON)."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            kind, optional = _FIELD_KINDS[f.name]
+            kind, optional = FIELD_KINDS[f.name]
             if value is None:
                 if optional:
                     continue
@@ -249,4 +275,5 @@ def _coerce(kind: str, value: Any) -> Any:
     return _BAD
 
 
-_FIELD_KINDS = {f.name: _kind(f.type) for f in dataclasses.fields(TrainConfig)}
+# field name -> (kind, optional): what _check_types enforces and what jinject.config_flags parses
+FIELD_KINDS = {f.name: _kind(f.type) for f in dataclasses.fields(TrainConfig)}

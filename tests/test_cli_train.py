@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 import tiny
 from tb_events import assert_same_scalars, metrics_as_tensorboard, read_events, read_tensorboard
 
 from jinject import cli
+from jinject.config import TrainConfig
+from jinject.config_flags import config_from_args
+from jinject.demo import DEMO
 from jinject.export import export_model
 
 
@@ -61,3 +69,63 @@ def test_train_refuses_bad_input_with_one_line(tmp_path, model_dir, capsys):
     assert cli.main([*args, "--model", model_dir, "--layer-offset", "5"]) == 2
     assert "teacher has 4 layers but the student has only 5 blocks" in capsys.readouterr().err
     assert cli.main([*args, "--model", model_dir, "--task-option", "max_len=oops"]) == 2
+
+
+# ----------------------------------------------------------------- every TrainConfig field is an option
+
+
+def train_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["train"]
+
+
+def train_argv(config: TrainConfig) -> list[str]:
+    """`config` as a `jinject train` command line, written from the parser's own options (their first flag)."""
+    options = {a.dest: a.option_strings[0] for a in train_parser()._actions}
+    argv = []
+    for f in dataclasses.fields(TrainConfig):
+        value, option = getattr(config, f.name), options[f.name]
+        if isinstance(value, bool):
+            argv += [option] if value != f.default else []
+        elif isinstance(value, dict):
+            argv += [a for k, v in value.items() for a in (option, f"{k}={json.dumps(v)}")]
+        elif isinstance(value, tuple):
+            argv += [option, *value]
+        elif value is not None:
+            argv += [option, str(value)]
+    return argv
+
+
+def parse_train(argv: list[str]) -> TrainConfig:
+    return config_from_args(cli.build_parser().parse_args(["train", *argv]))
+
+
+EVERY_FIELD = TrainConfig(
+    task="count", task_options={"max_len": 5, "frame": True, "name": "w"}, model="gpt2", align=False,
+    teacher_max_seq_len=9, steps=7, batch_size=3, text_batch_size=5, text_seq_len=17, n_train=99, corpus="c.txt",
+    seed=4, align_weight=2.5, kl_weight=0.5, layer_offset=1, layer_stride=2, per_layer_adapter=True, intervene_at=3,
+    align_exclude=("indices", "need@1"), marker_weight=3.0, lr=2e-5, adapter_lr=3e-3, weight_decay=0.1,
+    warmup_steps=2, adapter_warmup_steps=1, schedule="cosine", grad_clip=0.5, dtype="bfloat16", remat=True,
+    mesh_data=2, mesh_fsdp=2, checkpoint_every=3, keep_checkpoints=5, log_every=2)
+
+
+def test_every_config_field_is_a_train_option_that_parses_back():
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert fields <= {a.dest for a in train_parser()._actions}
+    configs = [EVERY_FIELD, TrainConfig(intervene=False), TrainConfig(baseline=True), TrainConfig(batch_size=16),
+               TrainConfig(align_exclude=()), DEMO]
+    changed = set()
+    for config in configs:
+        assert parse_train(train_argv(config)) == config, train_argv(config)
+        changed |= {f for f in fields if getattr(config, f) != getattr(TrainConfig(), f)}
+    assert changed == fields  # each field was set away from its default at least once
+
+
+def test_make_demo_is_a_train_command_line():
+    argv = train_argv(DEMO)
+    assert "--schedule" in argv and parse_train(argv) == DEMO
+    # the command line README.md shows for `make demo` is exactly DEMO too
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    command = re.search(r"^jinject train (.*--out runs/demo)$", readme.replace("\\\n", " "), re.MULTILINE)
+    assert command is not None
+    assert parse_train(shlex.split(command.group(1))) == DEMO
