@@ -53,9 +53,9 @@ def interleaved_medians(fns: dict, rounds: int) -> dict[str, float]:
 
 
 def bench_task(task_name: str, model, tokenizer, args, peak: float) -> dict:
+    from jinject.compiler import compile_teacher
     from jinject.config import TrainConfig
     from jinject.tasks import get_task
-    from jinject.teacher import compile_teacher
     from jinject.trainer import Pipeline, init_state, make_train_step, teacher_residuals
 
     task = get_task(task_name, **args.task_options.get(task_name, {}))

@@ -16,7 +16,7 @@ _PUBLIC = {
     "Task": "jinject.tasks",
     "Example": "jinject.tasks",
     "rasp_task": "jinject.tasks",
-    "compile_teacher": "jinject.teacher",
+    "compile_teacher": "jinject.compiler",
     "Teacher": "jinject.teacher",
     "load_model": "jinject.loading",
     "generate": "jinject.generation",

@@ -12,24 +12,25 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     from jinject.config_flags import parse_task_options
     from jinject.tasks import get_task
-    from jinject.tasks.base import check_teacher_size
+    from jinject.tasks.fit import check_teacher_size
 
     check_nonnegative(args, "seed")
     task = get_task(args.task, **parse_task_options(args.task_option))
     check_teacher_size(task, args.max_seq_len)  # before JAX and tracr's compiler are even imported
 
-    from jinject.teacher import compile_teacher
+    from jinject.compiler import compile_teacher
     from jinject.verify import verify_teacher
 
     t0 = time.perf_counter()
     teacher = compile_teacher(task, args.max_seq_len, cache=not args.no_cache, progress=note)
     took = time.perf_counter() - t0
-    how = f"loaded from cache in {took:.2f} s" if teacher.from_cache else f"compiled in {took:.1f} s"
-    print(f"task {task.name}: {how} ({teacher.cache_path or 'not cached'})")
+    build = teacher.build
+    how = f"loaded from cache in {took:.2f} s" if build.from_cache else f"compiled in {took:.1f} s"
+    print(f"task {task.name}: {how} ({build.cache_path or 'not cached'})")
     print(f"  max_seq_len {teacher.max_seq_len} tokens + BOS, layers {teacher.n_layers}, "
           f"residual width D {teacher.d_model}, vocabulary {len(teacher.vocab)}")
-    print(f"  parameters {teacher.param_count:,} (tracr's zero-padded dense model: {teacher.tracr_param_count:,}); "
-          f"mlp_exactness {teacher.mlp_exactness:g}")
+    print(f"  parameters {teacher.param_count:,} (tracr's zero-padded dense model: {build.tracr_param_count:,}); "
+          f"mlp_exactness {build.mlp_exactness:g}")
     print(f"  answer variable {teacher.answer_var!r} ({len(teacher.answer_dims)} dims)")
     print(f"  variables ({len(teacher.var_info)}):")
     for v in teacher.var_info.values():
@@ -185,7 +186,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
             raise ValueError(f"--plot {plot} is a directory; give a file name such as decoded.png")
         if not plot.parent.exists():
             raise ValueError(f"--plot {plot}: the directory {plot.parent} does not exist")
-    from jinject.teacher import compile_teacher
+    from jinject.compiler import compile_teacher
 
     teacher = compile_teacher(task, config.teacher_max_seq_len, progress=note)
     if args.layer is not None and not 0 <= args.layer <= teacher.n_layers:

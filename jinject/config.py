@@ -212,7 +212,7 @@ def check_inputs(config: TrainConfig) -> Any:
     the corpus. Returns the task. (`trainer.preflight` adds the device mesh.)"""
     from jinject.data import load_corpus, split_corpus
     from jinject.tasks import get_task
-    from jinject.tasks.base import check_teacher_size
+    from jinject.tasks.fit import check_teacher_size
 
     task = get_task(config.task, **config.task_options)
     n = check_teacher_size(task, config.teacher_max_seq_len)

@@ -95,12 +95,8 @@ def decode_problem(run: Any, problem: str, layer: int | None = None, with_genera
     pieces = list(prompt_pieces) + list(answer_pieces)
     encoder = PieceEncoder(run.tokenizer)
     ids = np.asarray([encoder.encode(pieces)], np.int32)
-    if hasattr(task, "teacher_misfit"):
-        misfit = task.teacher_misfit(problem, teacher.max_seq_len)
-    elif len(pieces) > teacher.max_seq_len:
-        misfit = f"it needs {len(pieces)} teacher positions, the teacher holds {teacher.max_seq_len}"
-    else:
-        misfit = None
+    why = teacher.misfit(task.example(problem))
+    misfit = None if why is None else str(why)
     fits = misfit is None
     t_ids = teacher.encode(list(teacher_tokens)) if fits else [teacher.bos_id] * (teacher.max_seq_len + 1)
     t_ids = np.asarray([t_ids], np.int32)

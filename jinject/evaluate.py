@@ -541,12 +541,10 @@ def residual_norms(model: nnx.Module, arrays: TaskArrays, at: int, batch_size: i
 # -------------------------------------------------------------------------------------------- a run
 
 
-def fits_teacher(example: Any, teacher: Any, task: Any | None = None) -> bool:
-    """Whether the teacher can run the example with its answer (length and, when the task says, vocabulary:
-    an OOD split may bring symbols the teacher never had)."""
-    if task is not None and hasattr(task, "fits"):
-        return bool(task.fits(example.problem, teacher.max_seq_len))
-    return len(example.prompt_pieces) + len(example.answer_pieces) <= teacher.max_seq_len
+def fits_teacher(example: Any, teacher: Any) -> bool:
+    """Whether the teacher can run the example with its answer (`Teacher.misfit`: length, vocabulary — an OOD
+    split may bring symbols the teacher never had — and the task's own limits)."""
+    return teacher.misfit(example) is None
 
 
 def split_examples(task: Any, split: str, n: int, seed: int, teacher: Any | None) -> list[Any]:
@@ -615,7 +613,7 @@ def evaluate_run(
     else:
         if test_examples is None:
             test_examples = split_examples(task, "test", max(n_examples, n_decode), seed, teacher)
-        fitting = [e for e in test_examples if fits_teacher(e, teacher, task)]
+        fitting = [e for e in test_examples if fits_teacher(e, teacher)]
         if not fitting:
             raise ValueError(f"no test example fits the teacher's max_seq_len={teacher.max_seq_len}")
         index = run.student_index

@@ -382,9 +382,9 @@ def preflight(config: TrainConfig) -> Any:
 def build(config: TrainConfig, say: Callable[[str], None] | None = None) -> tuple[Any, Any, nnx.Module, Any]:
     """Task, teacher, the pre-trained model and its tokenizer for a config. The layer map and intervention
     site are checked against the model's metadata before its weights are loaded."""
+    from jinject.compiler import compile_teacher
     from jinject.loading import load_model, peek_model_config
     from jinject.tasks import get_task
-    from jinject.teacher import compile_teacher
 
     task = get_task(config.task, **config.task_options)
     teacher = compile_teacher(task, config.teacher_max_seq_len, progress=say)
@@ -578,7 +578,7 @@ def _train_locked(config: TrainConfig, out: Path, on_step, progress: bool, compo
         peek = peek_model_config(config.model)
         if peek is not None:  # sizes that cannot fit in memory, from the model's metadata
             longest = task.max_problem_len("train") if hasattr(task, "max_problem_len") else None
-            from jinject.tasks.base import check_teacher_size
+            from jinject.tasks.fit import check_teacher_size
 
             n = check_teacher_size(task, config.teacher_max_seq_len)
             check_memory(config, peek, min(longest or n, n))

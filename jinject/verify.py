@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from jinject.tasks import Task, rasp_lib
-from jinject.tasks.base import split_rng
+from jinject.tasks.sampling import split_rng
 
 __all__ = ["VerifyReport", "verify_teacher", "verification_problems"]
 

@@ -64,6 +64,10 @@ class FakeTeacher:
     def encode(self, tokens):
         return [BOS] + [ID[t] for t in tokens]
 
+    def misfit(self, example):
+        n = len(example.teacher_tokens)
+        return None if n <= self.max_seq_len else f"it needs {n} teacher positions"
+
     def decode(self, resid):
         resid = np.asarray(resid)
         return {
@@ -141,6 +145,9 @@ class FakeTask:
 
     def teacher_tokens(self, problem):
         return Ex(problem).teacher_tokens
+
+    def example(self, problem, split=""):
+        return Ex(problem)
 
     def solve(self, problem):
         return Ex(problem).answer
@@ -557,10 +564,10 @@ def test_teacher_forced_exact_on_a_real_model_matches_full_logits(at):
 
 
 def test_cli_eval_and_decode(tmp_path, monkeypatch, capsys):
+    import jinject.compiler
     import jinject.generation
     import jinject.rundir
     import jinject.tasks
-    import jinject.teacher
     import jinject.trainer
     from jinject import cli
 
@@ -568,7 +575,7 @@ def test_cli_eval_and_decode(tmp_path, monkeypatch, capsys):
     # the command line reads the run directory and checks its options before loading: fake each stage
     monkeypatch.setattr(jinject.rundir, "read_run_config", lambda d: _fake_run(False).config)
     monkeypatch.setattr(jinject.tasks, "get_task", lambda name, **_: FakeTask())
-    monkeypatch.setattr(jinject.teacher, "compile_teacher", lambda *a, **k: FakeTeacher())
+    monkeypatch.setattr(jinject.compiler, "compile_teacher", lambda *a, **k: FakeTeacher())
     monkeypatch.setattr(jinject.trainer, "build", lambda config, say=None: (FakeTask(), FakeTeacher(), None, None))
     monkeypatch.setattr(jinject.trainer, "load_run", lambda d, **_: _fake_run(False))
     assert cli.main(["eval", str(tmp_path), "--n", "8", "--n-decode", "8", "--n-text", "2", "--text-seq-len", "16",

@@ -191,7 +191,7 @@ def test_bos_piece_is_the_tokenizer_bos_and_every_frame_word_one_token():
 
 
 def test_framed_teacher_answers_like_the_oracle():
-    from jinject.teacher import compile_teacher
+    from jinject.compiler import compile_teacher
     from jinject.verify import verify_teacher
 
     task = get_task("shuffle-dyck", **tiny.OPTIONS, frame=True, bos=True)
@@ -201,7 +201,7 @@ def test_framed_teacher_answers_like_the_oracle():
 
 
 def test_balance_program_teacher_agrees_with_the_oracle():
-    from jinject.teacher import compile_teacher
+    from jinject.compiler import compile_teacher
     from jinject.verify import verify_teacher
 
     task = get_task("shuffle-dyck", min_len=2, max_len=4, max_input_len=4, program="balance")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from tracr.rasp import rasp
 
+from jinject.compiler import compile_teacher, teacher_fingerprint
 from jinject.tasks import get_task, rasp_task
-from jinject.teacher import compile_teacher, teacher_fingerprint
 from jinject.verify import verify_teacher
 
 SMALL = {
@@ -54,17 +54,17 @@ def first_symbol_task():
 @pytest.mark.parametrize("name", list(SMALL))
 def test_residuals_equal_tracr_forward(teachers, name):
     task, t = teachers[name]
-    assert t.tracr_model is not None and not t.from_cache
+    assert t.build.tracr_model is not None and not t.build.from_cache
     exs = task.examples("train", 8, 1, max_seq_len=t.max_seq_len)
     ids = t.batch([e.teacher_tokens for e in exs], length=t.n_positions)
-    out = jax.jit(t.tracr_model.forward)(t.tracr_model.params, jnp.asarray(ids)).transformer_output
+    out = jax.jit(t.build.tracr_model.forward)(t.build.tracr_model.params, jnp.asarray(ids)).transformer_output
     want = np.stack([out.input_embeddings, *out.residuals])
     got = np.asarray(t.residuals(t.params, ids, sublayers=True))
     np.testing.assert_allclose(got, want, atol=1e-4)
     res = jax.jit(t.residuals)(t.params, jnp.asarray(ids))  # params as an argument, not a constant
     assert res.shape == (t.n_layers + 1, len(exs), t.n_positions, t.d_model) and res.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(res), got[::2], atol=1e-6)
-    assert t.d_model == len(t.labels) and t.param_count < t.tracr_param_count
+    assert t.d_model == len(t.labels) and t.param_count < t.build.tracr_param_count
 
 
 @pytest.mark.parametrize("name", list(SMALL))
@@ -139,8 +139,8 @@ def test_bad_input_raises_clear_errors(teachers):
 def test_cache_second_call_loads_same_teacher(teachers, cache):
     task, t = teachers["shuffle-dyck"]
     again = compile_teacher(get_task("shuffle-dyck", **SMALL["shuffle-dyck"]), cache_path=cache)
-    assert again.from_cache and again.fingerprint == t.fingerprint and again.labels == t.labels
-    assert again.load_seconds < t.compile_seconds
+    assert again.build.from_cache and again.build.fingerprint == t.build.fingerprint and again.labels == t.labels
+    assert again.build.load_seconds < t.build.compile_seconds
     for a, b in zip(jax.tree_util.tree_leaves(again.params), jax.tree_util.tree_leaves(t.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # the key depends on the program's behaviour, not on object identities or creation order
@@ -148,7 +148,7 @@ def test_cache_second_call_loads_same_teacher(teachers, cache):
     other = rasp_task("first-symbol", lambda n: rasp.SequenceMap(lambda a, b: a, rasp.tokens, rasp.indices),
                       vocab="abc", answer_tokens="abc", max_seq_len=9)
     assert teacher_fingerprint(other) != teacher_fingerprint(first_symbol_task())
-    assert teacher_fingerprint(task, 12) != t.fingerprint
+    assert teacher_fingerprint(task, 12) != t.build.fingerprint
 
 
 def test_user_rasp_task(cache):

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from jinject import rundir
+from jinject.compiler import compile_teacher
 from jinject.config import TrainConfig
 from jinject.data import load_corpus, split_corpus
 from jinject.tasks import get_task
-from jinject.teacher import check_teacher_size, compile_teacher
+from jinject.tasks.fit import check_teacher_size
 
 # ------------------------------------------------------------------------------------------ TrainConfig
 

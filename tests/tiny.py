@@ -8,10 +8,10 @@ from __future__ import annotations
 import string
 from functools import cache
 
+from jinject.compiler import compile_teacher
 from jinject.config import TrainConfig
 from jinject.models import ModelConfig, create_model
 from jinject.tasks import get_task
-from jinject.teacher import compile_teacher
 from jinject.tokenizer import make_test_tokenizer
 
 TASK = "shuffle-dyck"
@@ -55,11 +55,9 @@ def config(**overrides) -> TrainConfig:
 
 def broken_teacher(teacher):
     """A copy of `teacher` whose parameters are all NaN: the alignment loss becomes NaN at once."""
-    import copy
+    import dataclasses
 
     import jax
     import jax.numpy as jnp
 
-    broken = copy.copy(teacher)
-    broken.params = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), teacher.params)
-    return broken
+    return dataclasses.replace(teacher, params=jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), teacher.params))

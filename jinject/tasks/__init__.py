@@ -4,6 +4,8 @@
 """
 
 from jinject.tasks import count, dyck, intsum  # noqa: F401  (registers the built-in tasks)
-from jinject.tasks.base import BOS_PIECE, TASKS, Example, RaspTask, Task, get_task, rasp_task, register_task
+from jinject.tasks.base import BOS_PIECE, Example, Task
+from jinject.tasks.rasp_task import RaspTask, rasp_task
+from jinject.tasks.registry import TASKS, get_task, register_task
 
 __all__ = ["BOS_PIECE", "Task", "Example", "RaspTask", "get_task", "rasp_task", "register_task", "TASKS"]

@@ -23,18 +23,15 @@ the same string, `Example.answer_text` the student-side continuation (`" yes."`,
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import math
-import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from tracr.rasp import rasp
 
-from jinject.tasks import rasp_lib
+from jinject.tasks import fit
+from jinject.tasks.sampling import draw_examples
 
-__all__ = ["Example", "Task", "RaspTask", "rasp_task", "get_task", "register_task", "TASKS", "BOS_PIECE",
-           "MAX_PROBLEM_LEN", "check_teacher_size"]
+__all__ = ["Example", "Task", "BOS_PIECE", "join_text", "check_problem_text", "split_symbols"]
 
 # The student's beginning-of-sequence token as a piece: the piece encoder maps it to the tokenizer's BOS id.
 # It is not text, so prompt texts leave it out.
@@ -44,8 +41,6 @@ BOS_PIECE = "<|bos|>"
 def join_text(pieces: Iterable[str]) -> str:
     """The text of some pieces (the BOS piece is a token, not text)."""
     return "".join(p for p in pieces if p != BOS_PIECE)
-
-TEST_POOL_MOD = 8  # a problem belongs to the test pool iff crc32(problem) % 8 == 0 (train/test disjoint)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,19 +65,15 @@ class Example:
         return len(self.prompt_pieces) + len(self.answer_pieces)
 
     @property
+    def prompt_teacher_tokens(self) -> tuple[str, ...]:
+        """The teacher tokens of the prompt pieces (what the teacher reads before it answers)."""
+        return self.teacher_tokens[: len(self.prompt_pieces)]
+
+    @property
     def predict_positions(self) -> range:
         """Student positions t whose next piece t + 1 is an answer piece (where the task loss applies)."""
         p = len(self.prompt_pieces)
         return range(p - 1, p + len(self.answer_pieces) - 1)
-
-
-def split_rng(seed: int, split: str) -> np.random.Generator:
-    """Deterministic per (seed, split); independent streams for different splits."""
-    return np.random.default_rng([int(seed), zlib.crc32(split.encode())])
-
-
-def in_test_pool(problem: str) -> bool:
-    return zlib.crc32(problem.encode()) % TEST_POOL_MOD == 0
 
 
 class Task:
@@ -152,21 +143,6 @@ class Task:
         """Teacher positions the shortest problem needs with its answer (None: unknown)."""
         return None
 
-    def teacher_misfit(self, problem: str, max_seq_len: int) -> str | None:
-        """Why a teacher of this size cannot run `problem` with its answer, in words (None: it can)."""
-        limit = self.teacher_limit(problem)
-        if limit:
-            return limit
-        toks = self.teacher_tokens(problem)
-        unknown = sorted(set(toks) - self.teacher_vocab())
-        if unknown:
-            return (f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not in the teacher's "
-                    f"vocabulary (an out-of-distribution symbol the teacher was never compiled for)")
-        if len(toks) > max_seq_len:
-            return (f"it needs {len(toks)} teacher positions with its answer, the teacher holds "
-                    f"max_seq_len={max_seq_len}")
-        return None
-
     def program(self, max_seq_len: int) -> rasp.SOp:
         """The RASP program (compiled causally); its output S-Op is named `answer_var`."""
         raise NotImplementedError
@@ -207,64 +183,53 @@ class Task:
             text = text[:i]
         return text.strip()
 
-    # ---- derived -----------------------------------------------------------------------------------
-    def units(self, problem: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    # ---- derived: every view of a problem comes from its one `Example` ----------------------------
+    def example(self, problem: str, split: str = "") -> Example:
+        """The problem with everything the student and the teacher need (the one place it is built)."""
         prompt = self.prompt_units(problem)
-        answer = [*self.answer_units(self.solve(problem)), (self.end_piece, self.end_token)]
-        return prompt, answer
+        answer = self.solve(problem)
+        units = [*prompt, *self.answer_units(answer), (self.end_piece, self.end_token)]
+        prompt_pieces = tuple(p for p, _ in prompt)
+        return Example(
+            problem=problem,
+            prompt=join_text(prompt_pieces),
+            answer=answer,
+            prompt_pieces=prompt_pieces,
+            answer_pieces=tuple(p for p, _ in units[len(prompt):]),
+            teacher_tokens=tuple(t for _, t in units),
+            split=split,
+        )
 
     def pieces(self, problem: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(prompt_pieces, answer_pieces); every piece is one student token when encoded alone."""
-        prompt, answer = self.units(problem)
-        return tuple(p for p, _ in prompt), tuple(p for p, _ in answer)
+        ex = self.example(problem)
+        return ex.prompt_pieces, ex.answer_pieces
 
     def prompt(self, problem: str) -> str:
-        return join_text(p for p, _ in self.prompt_units(problem))
+        return self.example(problem).prompt
 
     def teacher_tokens(self, problem: str) -> tuple[str, ...]:
         """One teacher token per piece of prompt + answer (BOS not included)."""
-        prompt, answer = self.units(problem)
-        return tuple(t for _, t in prompt) + tuple(t for _, t in answer)
-
-    def prompt_teacher_tokens(self, prompt: str) -> tuple[str, ...]:
-        """Teacher tokens of a prompt text (what `Teacher.answer` feeds the teacher)."""
-        return tuple(t for _, t in self.prompt_units(self.parse(prompt)))
+        return self.example(problem).teacher_tokens
 
     def seq_len(self, problem: str) -> int:
         """Teacher positions the problem needs with its answer (BOS not included)."""
-        return len(self.teacher_tokens(problem))
+        return self.example(problem).n_pieces
+
+    def misfit(self, example: Example, max_seq_len: int) -> fit.Misfit | None:
+        """Why a teacher of this size, compiled from this task, cannot run `example` with its answer (None: it
+        can). `Teacher.misfit` is the same rule with the compiled teacher's own vocabulary and size."""
+        return fit.misfit(example.teacher_tokens, self.teacher_vocab(), max_seq_len,
+                          self.teacher_limit(example.problem))
+
+    def teacher_misfit(self, problem: str, max_seq_len: int) -> str | None:
+        """Why a teacher of this size cannot run `problem` with its answer, in words (None: it can)."""
+        why = self.misfit(self.example(problem), max_seq_len)
+        return None if why is None else str(why)
 
     def fits(self, problem: str, max_seq_len: int) -> bool:
         """Whether a teacher of this size and vocabulary can hold the problem with its answer."""
-        toks = self.teacher_tokens(problem)
-        return len(toks) <= max_seq_len and set(toks) <= self.teacher_vocab() and not self.teacher_limit(problem)
-
-    def check_teacher_tokens(self, tokens: Sequence[str], max_seq_len: int) -> None:
-        """Raise a clear ValueError if a teacher of this size cannot encode `tokens`."""
-        vocab = self.teacher_vocab()
-        for t in tokens:
-            if t not in vocab:
-                raise ValueError(
-                    f"symbol {t!r} is not in the {self.name} teacher's vocabulary {sorted(vocab)}"
-                )
-        if len(tokens) > max_seq_len:
-            raise ValueError(
-                f"{self.name}: {len(tokens)} teacher positions needed (prompt + answer, BOS not counted) but this "
-                f"teacher holds at most max_seq_len={max_seq_len}; compile a larger one with "
-                f"compile_teacher(task, max_seq_len={len(tokens)})"
-            )
-
-    def example(self, problem: str, split: str = "") -> Example:
-        prompt, answer = self.units(problem)
-        return Example(
-            problem=problem,
-            prompt=join_text(p for p, _ in prompt),
-            answer=self.solve(problem),
-            prompt_pieces=tuple(p for p, _ in prompt),
-            answer_pieces=tuple(p for p, _ in answer),
-            teacher_tokens=tuple(t for _, t in prompt) + tuple(t for _, t in answer),
-            split=split,
-        )
+        return self.misfit(self.example(problem), max_seq_len) is None
 
     def examples(self, split: str, n: int, seed: int = 0, max_seq_len: int | None = None) -> list[Example]:
         """`n` examples of `split`, deterministic in (split, n, seed).
@@ -276,34 +241,7 @@ class Task:
         for evaluating the student, which has no length limit (use `task.fits` to select the ones a
         teacher can also run).
         """
-        if split not in self.splits:
-            raise ValueError(f"unknown split {split!r} for task {self.name}; splits: {self.splits}")
-        limit = self.default_max_seq_len if max_seq_len is None else int(max_seq_len)
-        in_dist = split in ("train", "test")
-        if in_dist:
-            need = self.max_problem_len(split)
-            if need is not None and need > limit:
-                raise ValueError(
-                    f"{self.name} {split} problems need up to {need} teacher positions but the teacher "
-                    f"holds max_seq_len={limit}; shorten the task's lengths or use max_seq_len>={need}"
-                )
-        rng = split_rng(seed, split)
-        out = []
-        for _ in range(n):
-            for _attempt in range(10_000):
-                problem = self.generate(split, rng)
-                if not in_dist or in_test_pool(problem) == (split == "test"):
-                    break
-            else:  # pragma: no cover - only for degenerate user generators
-                raise ValueError(f"{self.name}: could not draw a {split} problem outside the other pool")
-            ex = self.example(problem, split)
-            if in_dist and not self.fits(problem, limit):
-                raise ValueError(
-                    f"{self.name}: generated {split} problem {problem!r} needs {len(ex.teacher_tokens)} "
-                    f"teacher positions in vocabulary {sorted(self.teacher_vocab())}; limit {limit}"
-                )
-            out.append(ex)
-        return out
+        return draw_examples(self, split, n, seed, max_seq_len)
 
     def __repr__(self) -> str:
         return f"<Task {self.name} splits={self.splits} default_max_seq_len={self.default_max_seq_len}>"
@@ -333,253 +271,3 @@ def split_symbols(problem: str, alphabet: Iterable[str], task: str) -> list[str]
         if ch not in alphabet:
             raise ValueError(f"symbol {ch!r} is not one of the {task} symbols {sorted(alphabet)}")
     return list(problem)
-
-
-# ---------------------------------------------------------------------------------------------------
-# User tasks
-# ---------------------------------------------------------------------------------------------------
-
-
-class RaspTask(Task):
-    """A task from a user's RASP program; the RASP interpreter (causal) is its oracle.
-
-    The program is a next-token predictor over the teacher tokens (like the built-in ones): given
-    symbols + marker (+ the answer so far) its output at the last position is the next answer token,
-    and `end_token` once the answer is complete. `solve` runs the interpreter autoregressively.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        program: rasp.SOp | Callable[[int], rasp.SOp],
-        vocab: Iterable[str],
-        *,
-        answer_tokens: Iterable[str],
-        max_seq_len: int,
-        min_len: int = 1,
-        max_len: int | None = None,
-        prefix_pieces: Sequence[str] = (),
-        symbol_piece: str = " {}",
-        marker: str = "?",
-        marker_piece: str | None = None,
-        answer_piece: str = " {}",
-        end_token: str = ".",
-        end_piece: str = ".",
-        filler: str = "_",
-        generators: dict[str, Callable[[np.random.Generator], str]] | None = None,
-        mlp_exactness: float | None = None,
-        max_answer_len: int = 8,
-    ):
-        self.name = name
-        self._program = program
-        self.symbol_set = tuple(vocab)
-        self.answer_token_set = tuple(answer_tokens)
-        self.default_max_seq_len = int(max_seq_len)
-        self.marker, self.end_token, self.end_piece, self.filler = marker, end_token, end_piece, filler
-        self.marker_piece = marker_piece if marker_piece is not None else f" {marker}"
-        self.prefix_pieces = tuple(prefix_pieces)
-        self.symbol_piece, self.answer_piece = symbol_piece, answer_piece
-        self.min_len = min_len
-        self.max_answer_len = max_answer_len
-        room = self.default_max_seq_len - len(self.prefix_pieces) - 2 - max_answer_len
-        self.max_len = max_len if max_len is not None else max(min_len, room)
-        self._generators = dict(generators or {})
-        self.splits = ("train", "test", *self._generators)
-        self._mlp_exactness = mlp_exactness
-        self._multichar = any(len(s) != 1 for s in self.symbol_set)
-        self._oracle_program: rasp.SOp | None = None
-        self._solved: dict[str, str] = {}
-
-    def program(self, max_seq_len: int) -> rasp.SOp:
-        prog = self._program(max_seq_len) if callable(self._program) and not isinstance(
-            self._program, rasp.RASPExpr) else self._program
-        if prog.name != self.answer_var:
-            prog = prog.named(self.answer_var)
-        return prog
-
-    def teacher_vocab(self) -> frozenset[str]:
-        extra = {self.marker, self.end_token}
-        if self.prefix_pieces:
-            extra.add(self.filler)
-        return frozenset(self.symbol_set) | frozenset(self.answer_token_set) | extra
-
-    def symbols(self, problem: str) -> list[str]:
-        syms = problem.split() if self._multichar else list(problem)
-        for s in syms:
-            if s not in self.symbol_set:
-                raise ValueError(f"symbol {s!r} is not one of the {self.name} symbols {sorted(self.symbol_set)}")
-        return syms
-
-    def prompt_units(self, problem: str) -> list[tuple[str, str]]:
-        units = [(p, self.filler) for p in self.prefix_pieces]
-        units += [(self.symbol_piece.format(s), s) for s in self.symbols(problem)]
-        return [*units, (self.marker_piece, self.marker)]
-
-    def answer_units(self, answer: str) -> list[tuple[str, str]]:
-        toks = answer.split() if self._multichar or " " in answer else list(answer)
-        return [(self.answer_piece.format(t), t) for t in toks]
-
-    def answer_from_tokens(self, tokens: Sequence[str]) -> str:
-        return (" " if self._multichar else "").join(tokens)
-
-    def solve(self, problem: str) -> str:
-        if problem not in self._solved:
-            self._solved[problem] = self._solve(problem)
-        return self._solved[problem]
-
-    def _solve(self, problem: str) -> str:
-        if self._oracle_program is None:
-            self._oracle_program = self.program(self.default_max_seq_len)
-        toks = [t for _, t in self.prompt_units(problem)]
-        out: list[str] = []
-        for _ in range(self.max_answer_len + 1):
-            nxt = rasp_lib.causal_eval_all(self._oracle_program, toks + out)[self._oracle_program.label][-1]
-            if nxt == self.end_token:
-                return self.answer_from_tokens(out)
-            if nxt not in self.answer_token_set:
-                raise ValueError(f"{self.name}: the RASP program produced {nxt!r}, not an answer token")
-            out.append(nxt)
-        raise ValueError(f"{self.name}: no end token within {self.max_answer_len} answer tokens")
-
-    def parse(self, prompt: str) -> str:
-        check_problem_text(prompt, self.name)
-        head = "".join(self.prefix_pieces)
-        if not (prompt.startswith(head) and prompt.endswith(self.marker_piece)):
-            problem = prompt.strip()  # the compact form: symbols (space-separated when they are words)
-            if problem.endswith(self.marker):
-                problem = problem[: -len(self.marker)].strip()
-            if not self._multichar:
-                problem = "".join(problem.split())
-            self.symbols(problem)
-            return " ".join(problem.split()) if self._multichar else problem
-        body = prompt[len(head): len(prompt) - len(self.marker_piece)]
-        pieces = sorted(((self.symbol_piece.format(s), s) for s in self.symbol_set), key=lambda x: -len(x[0]))
-        syms = []
-        while body:
-            for p, s in pieces:
-                if body.startswith(p):
-                    syms.append(s)
-                    body = body[len(p):]
-                    break
-            else:
-                raise ValueError(f"{self.name}: cannot read {body!r}: it starts with no symbol of "
-                                 f"{sorted(self.symbol_set)}")
-        return (" " if self._multichar else "").join(syms)
-
-    def generate(self, split: str, rng: np.random.Generator) -> str:
-        if split in self._generators:
-            return self._generators[split](rng)
-        n = int(rng.integers(self.min_len, self.max_len + 1))
-        syms = [self.symbol_set[i] for i in rng.integers(0, len(self.symbol_set), size=n)]
-        return (" " if self._multichar else "").join(syms)
-
-    def edge_cases(self, max_seq_len: int) -> list[str]:
-        j = " " if self._multichar else ""
-        out = []
-        for s in self.symbol_set:
-            out += [j.join([s] * self.min_len), j.join([s] * self.max_len)]
-        return out
-
-    def max_problem_len(self, split: str) -> int | None:
-        return None
-
-    def min_seq_len(self) -> int | None:
-        return len(self.prefix_pieces) + self.min_len + 2  # prefix, symbols, marker, (answer), end
-
-    def mlp_exactness(self, max_seq_len: int) -> float:
-        if self._mlp_exactness is not None:
-            return float(self._mlp_exactness)
-        if rasp_lib.has_selector_width(self.program(max_seq_len)):
-            return super().mlp_exactness(max_seq_len)
-        return 100.0
-
-
-def rasp_task(
-    name: str,
-    program: rasp.SOp | Callable[[int], rasp.SOp],
-    vocab: Iterable[str],
-    *,
-    answer_tokens: Iterable[str],
-    max_seq_len: int,
-    **kwargs,
-) -> RaspTask:
-    """Build a `Task` from your own RASP program (see `RaspTask` for the conventions and options).
-
-    `program` (or `program(max_seq_len)`) must be a causal next-token predictor over the teacher
-    tokens: input symbols, then `marker` (default "?"), then the answer tokens; at the marker it
-    outputs the first answer token, at each answer token the next one, and `end_token` (default ".")
-    after the last. Prompt text = prefix pieces + `symbol_piece.format(s)` per symbol + marker piece.
-    """
-    return RaspTask(name, program, vocab, answer_tokens=answer_tokens, max_seq_len=max_seq_len, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Registry
-# ---------------------------------------------------------------------------------------------------
-
-TASKS: dict[str, Callable[..., Task]] = {}
-
-
-def register_task(name: str, factory: Callable[..., Task]) -> None:
-    TASKS[name] = factory
-
-
-def get_task(name: str, **options) -> Task:
-    """A built-in task by name ("shuffle-dyck", "count", "int-sum"); options override its sizes."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
-    params = inspect.signature(TASKS[name]).parameters
-    for key, value in options.items():
-        if key not in params:
-            raise ValueError(f"task {name!r} has no option {key!r}; options: {', '.join(params)}")
-        default = params[key].default
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ValueError(f"task option {key}={value!r} must be true or false")
-        elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"task option {key}={value!r} must be an integer like its default {default!r}")
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ValueError(f"task option {key}={value!r} must be a finite number like its default {default!r}")
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise ValueError(f"task option {key}={value!r} must be a string like its default {default!r}")
-    return TASKS[name](**options)
-
-
-def check_length_option(task: str, **values: int) -> None:
-    """Length options of the built-in tasks: integers in [0, MAX_PROBLEM_LEN] (checked before anything is
-    generated or compiled)."""
-    for key, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"{task} option {key}={v!r} must be an integer")
-        if not 0 <= v <= MAX_PROBLEM_LEN:
-            raise ValueError(f"{task} option {key}={v} is out of range [0, {MAX_PROBLEM_LEN}]: no supported host "
-                             f"reads more than {MAX_PROBLEM_LEN} positions (SmolLM2's context; GPT-2 has 1024)")
-
-
-def check_teacher_size(task: Task, max_seq_len: int | None) -> int:
-    """The teacher size `compile_teacher` would build (None: the task's default), refused with the limit and
-    the reason when it is not a positive integer, cannot hold even the task's shortest problem, or is beyond
-    what tracr compiles in reasonable time and memory. Cheap: nothing is compiled."""
-    n = task.default_max_seq_len if max_seq_len is None else max_seq_len
-    if isinstance(n, bool) or not isinstance(n, int | np.integer):
-        raise ValueError(f"max_seq_len must be an integer (None: the task's default), got {n!r}")
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"max_seq_len must be >= 1 (None: the task's default {task.default_max_seq_len}), got {n}")
-    shortest = task.min_seq_len() if hasattr(task, "min_seq_len") else None
-    if shortest is not None and n < shortest:
-        raise ValueError(f"a {task.name} teacher with max_seq_len={n} holds no problem at all: the shortest one needs "
-                         f"{shortest} positions with its answer; use max_seq_len >= {shortest} "
-                         f"(default {task.default_max_seq_len})")
-    cap = getattr(task, "max_teacher_seq_len", None)
-    if cap is not None and n > cap:
-        why = getattr(task, "teacher_size_reason", "")
-        raise ValueError(f"a {task.name} teacher with max_seq_len={n} is above the limit of {cap}: {why}; "
-                         f"shorten the task's lengths (--task-option) or --max-seq-len")
-    return n
-
-
-# The longest problem any length option may ask for: the largest context of the supported hosts.
-MAX_PROBLEM_LEN = 8192

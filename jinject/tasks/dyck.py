@@ -30,7 +30,8 @@ import numpy as np
 from tracr.rasp import rasp
 
 from jinject.tasks import rasp_lib
-from jinject.tasks.base import Task, check_length_option, register_task, split_symbols
+from jinject.tasks.base import Task, split_symbols
+from jinject.tasks.registry import check_length_option, register_task
 
 PAIRS = ("()", "[]", "{}")
 OOD_PAIR = "<>"

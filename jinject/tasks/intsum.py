@@ -32,7 +32,8 @@ from decimal import Decimal
 import numpy as np
 from tracr.rasp import rasp
 
-from jinject.tasks.base import Task, register_task
+from jinject.tasks.base import Task
+from jinject.tasks.registry import register_task
 
 DIGITS = tuple("0123456789")
 MAX_DIGITS = 6
