@@ -14,8 +14,8 @@ from pathlib import Path
 import jax.numpy as jnp
 from safetensors.flax import save_file
 
-from jinject.loading import config_to_hf, state_dict_from_model
 from jinject.models import CausalLM
+from jinject.models.checkpoint import config_to_hf, state_dict_from_model
 from jinject.tokenizer import Tokenizer
 
 __all__ = ["export_model"]

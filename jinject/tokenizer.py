@@ -114,7 +114,7 @@ def gpt2_tokenizer() -> Tokenizer:
 def tokenizer_from_gguf(fields: dict[str, Any], name: str = "gguf") -> Tokenizer:
     """Rebuilds a byte-level BPE ("gpt2" GGUF tokenizer model) from GGUF metadata.
 
-    `fields` maps metadata keys to plain Python values (see loading._gguf_fields).
+    `fields` maps metadata keys to plain Python values (see jinject.gguf_file.gguf_fields).
     """
     kind = fields.get("tokenizer.ggml.model")
     if kind != "gpt2":

@@ -21,11 +21,12 @@ from safetensors.numpy import load_file, save_file
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models as tk_models
 
-from jinject import loading
+from jinject import hub
 from jinject.export import export_model
 from jinject.generation import generate
-from jinject.loading import load_model, load_tokenizer, params_from_state_dict, state_dict_from_model
+from jinject.loading import load_model, load_tokenizer
 from jinject.models import ModelConfig, abstract_model, create_model
+from jinject.models.checkpoint import params_from_state_dict, state_dict_from_model
 from jinject.tokenizer import Tokenizer, gpt2_tokenizer, make_test_tokenizer
 
 ASSETS = Path(__file__).parent / "assets"
@@ -194,15 +195,17 @@ def test_hub_offline_fails_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.time()
-    with pytest.raises(loading.OfflineError, match="smollm2-135m"):
+    with pytest.raises(hub.OfflineError, match="smollm2-135m"):
         load_model("gpt2")
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(loading, "_reachable", lambda host, port, timeout=3.0: False)
-    with pytest.raises(loading.OfflineError, match="local directory"):
+    monkeypatch.setattr(hub, "_reachable", lambda host, port, timeout=3.0: False)
+    with pytest.raises(hub.OfflineError, match="local directory"):
         load_model("HuggingFaceTB/SmolLM2-135M")
     assert time.time() - t0 < 10
     with pytest.raises(FileNotFoundError):
         load_model(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="neither a Hugging Face model directory"):
+        load_tokenizer(str(tmp_path / "nope"))  # the same dispatch as load_model: no hub lookup for a path
 
 
 def test_hub_id_goes_through_snapshot_download(tmp_path, monkeypatch):
@@ -218,7 +221,7 @@ def test_hub_id_goes_through_snapshot_download(tmp_path, monkeypatch):
         return str(ASSETS / "gpt2_tiny")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
-    monkeypatch.setattr(loading, "_reachable", lambda host, port, timeout=3.0: True)
+    monkeypatch.setattr(hub, "_reachable", lambda host, port, timeout=3.0: True)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     m, tok = load_model("gpt2")
     assert calls == [("openai-community/gpt2", True), ("openai-community/gpt2", False)]

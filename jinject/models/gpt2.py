@@ -61,7 +61,7 @@ class GPT2Block(nnx.Module):
 
 
 class GPT2(CausalLM):
-    """GPT-2 LM head model. Parameter paths mirror the Hugging Face keys (see loading.GPT2_TABLE)."""
+    """GPT-2 LM head model. Parameter paths mirror the Hugging Face keys (see gpt2_params.GPT2_TABLE)."""
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         if config.family != "gpt2":

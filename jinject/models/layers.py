@@ -1,7 +1,7 @@
 """Shared building blocks: parameter layers, norms, RoPE and (grouped-query) causal attention.
 
 Parameter layouts follow the math (`x @ kernel`, kernel [in, out]) so the conversion tables in
-`jinject.loading` stay one line per tensor. Norms, softmax and RoPE run in float32 whatever the
+`jinject.models.*_params` stay one line per tensor. Norms, softmax and RoPE run in float32 whatever the
 activation dtype, which is what makes bfloat16 usable and float32 bit-close to PyTorch.
 """
 

@@ -60,7 +60,7 @@ class LlamaBlock(nnx.Module):
 
 
 class Llama(CausalLM):
-    """Llama-family causal LM. Parameter paths mirror the Hugging Face keys (see loading.LLAMA_TABLE)."""
+    """Llama-family causal LM. Parameter paths mirror the Hugging Face keys (see llama_params.LLAMA_TABLE)."""
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         if config.family != "llama":
