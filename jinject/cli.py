@@ -143,17 +143,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--text-seq-len {args.text_seq_len} is longer than the model's "
                          f"{host.max_position_embeddings} positions")
 
-    from jinject.evaluate import evaluate_run, format_table
+    from jinject.evaluate import EvalConfig, evaluate_run, format_table
     from jinject.trainer import load_run
 
     run = load_run(args.dir, components=_run_components(config))
     say = lambda msg: print(f"jinject eval: {msg} ...", file=sys.stderr, flush=True)
-    results = evaluate_run(
-        run, n_examples=args.n, n_decode=args.n_decode, n_causal=args.n_causal, n_text_windows=args.n_text,
+    settings = EvalConfig(
+        n_examples=args.n, n_decode=args.n_decode, n_causal=args.n_causal, n_text_windows=args.n_text,
         text_seq_len=args.text_seq_len, noise_norms=tuple(args.noise_norms),
-        relative_noise=tuple(args.relative_noise), splits=args.splits,
-        batch_size=args.batch_size, seed=args.eval_seed, out=args.dir, progress=say,
+        relative_noise=tuple(args.relative_noise), splits=args.splits, batch_size=args.batch_size,
+        seed=args.eval_seed,
     )
+    results = evaluate_run(run, settings, out=args.dir, progress=say)
     print(format_table(results))
     print(f"\nwritten: {Path(args.dir) / 'eval.json'}", file=sys.stderr)
     if not args.no_plots:
@@ -246,20 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "not part of the run's config)")
     p.set_defaults(func=cmd_train)
 
+    from jinject.evaluate.config import EvalConfig
+
+    e = EvalConfig()
     p = sub.add_parser("eval", help="accuracy (test + OOD), language retention, decoding accuracy, causal test")
     p.add_argument("dir", help="run directory (from jinject train --out)")
-    p.add_argument("--n", type=int, default=500, help="examples per split for accuracy (original: 4000)")
-    p.add_argument("--n-decode", type=int, default=200, help="test examples for decoding accuracy")
-    p.add_argument("--n-causal", type=int, default=None, help="test examples for the causal test (default --n)")
-    p.add_argument("--n-text", type=int, default=32, help="held-out text windows for retention")
-    p.add_argument("--text-seq-len", type=int, default=64, help="tokens per held-out text window")
-    p.add_argument("--noise-norms", type=float, nargs="+", default=[0.0, 5.0, 10.0, 30.0],
+    p.add_argument("--n", type=int, default=e.n_examples, help="examples per split for accuracy (original: 4000)")
+    p.add_argument("--n-decode", type=int, default=e.n_decode, help="test examples for decoding accuracy")
+    p.add_argument("--n-causal", type=int, default=e.n_causal, help="test examples for the causal test (default --n)")
+    p.add_argument("--n-text", type=int, default=e.n_text_windows, help="held-out text windows for retention")
+    p.add_argument("--text-seq-len", type=int, default=e.text_seq_len, help="tokens per held-out text window")
+    p.add_argument("--noise-norms", type=float, nargs="+", default=list(e.noise_norms),
                    help="L2 norms of the causal-test noise")
-    p.add_argument("--relative-noise", type=float, nargs="*", default=[0.1, 0.3, 0.5, 1.0],
+    p.add_argument("--relative-noise", type=float, nargs="*", default=list(e.relative_noise),
                    help="causal-test noise norms as fractions of the median residual norm at the intervened layer")
-    p.add_argument("--splits", nargs="+", default=None, help="splits for accuracy (default: test + every OOD)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation examples (same for all runs)")
+    p.add_argument("--splits", nargs="+", default=e.splits, help="splits for accuracy (default: test + every OOD)")
+    p.add_argument("--batch-size", type=int, default=e.batch_size)
+    p.add_argument("--eval-seed", type=int, default=e.seed, help="seed of the evaluation examples (same for all runs)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures in DIR/plots")
     p.set_defaults(func=cmd_eval)
 

@@ -16,15 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jinject.data import PieceEncoder
-from jinject.evaluate import SKIP_VARIABLES, mapped_and_teacher, structural_scale, variable_kinds
+from jinject.evaluate.readout import SKIP_VARIABLES, calibrate_layer, mapped_and_teacher, same_value, variable_kinds
+
+NUMERIC_DISPLAY_TOL = 0.1  # the table's tolerance for numbers: within 10% of max(|teacher's value|, 1)
 
 
-def structural_calibrated(teacher: Any, mapped: np.ndarray, layer: int) -> np.ndarray:
-    """A·h divided by its length in teacher units (the cosine objective leaves it free; see evaluate)."""
-    return mapped / structural_scale(teacher, mapped, layer)[..., None]
-
-
-NUMERIC_DISPLAY_TOL = 0.1
+def display_same(a: Any, b: Any, kind: str) -> bool:
+    """Whether the student's value `a` shows as the teacher's `b` (`same_value` at `NUMERIC_DISPLAY_TOL`)."""
+    return bool(same_value(a, b, kind, rtol=NUMERIC_DISPLAY_TOL))
 
 
 @dataclass
@@ -49,15 +48,9 @@ class Decoded:
         """Fraction of (token, variable) cells where the student's value equals the teacher's."""
         if self.teacher is None:
             return None
-        cells = [_same(self.student[v][t], self.teacher[v][t], self.kinds[v])
+        cells = [display_same(self.student[v][t], self.teacher[v][t], self.kinds[v])
                  for v in self.variables for t in range(len(self.pieces))]
         return float(np.mean(cells)) if cells else None
-
-
-def _same(a: Any, b: Any, kind: str) -> bool:
-    if kind == "numerical":  # display rule: within 10% of max(|true|, 1)
-        return bool(abs(float(a) - float(b)) < NUMERIC_DISPLAY_TOL * max(1.0, abs(float(b))))
-    return bool(a == b)
 
 
 def format_value(x: Any, kind: str) -> str:
@@ -110,7 +103,7 @@ def decode_problem(run: Any, problem: str, layer: int | None = None, with_genera
         hidden = run.model(jnp.asarray(ids)).hidden_states
         mapped = np.asarray(adapter_apply(run.adapter, hidden[int(index[layer])], layer))[0]
         resid = None
-    s_vals = teacher.decode(structural_calibrated(teacher, mapped, layer))
+    s_vals = teacher.decode(calibrate_layer(teacher, mapped, layer))
     t_vals = teacher.decode(resid) if resid is not None else None
     variables = [v for v in sorted(s_vals) if v not in SKIP_VARIABLES]
     kinds_all = variable_kinds(teacher.labels)
@@ -145,7 +138,7 @@ def format_decoded(d: Decoded, max_width: int = 10) -> str:
         cells = []
         for t in range(len(d.pieces)):
             s = format_value(d.student[v][t], d.kinds[v])
-            if d.teacher is not None and not _same(d.student[v][t], d.teacher[v][t], d.kinds[v]):
+            if d.teacher is not None and not display_same(d.student[v][t], d.teacher[v][t], d.kinds[v]):
                 s = f"{s}*[{format_value(d.teacher[v][t], d.kinds[v])}]"
             cells.append(s)
         width = min(max(len(v), *(len(c) for c in cells)), max(max_width, max(len(c) for c in cells)))

@@ -177,9 +177,14 @@ def answer_cross_entropy(logits: jax.Array, targets: jax.Array, answer_mask: jax
     return masked_mean(nll, answer_mask)
 
 
+def answer_correct(logits: jax.Array, targets: jax.Array, answer_mask: jax.Array) -> jax.Array:
+    """[B, K] bool: the argmax is the target at each answer position; True where the mask is 0 (no answer)."""
+    return (jnp.argmax(logits, axis=-1) == targets) | (answer_mask == 0)
+
+
 def answer_accuracy(logits: jax.Array, targets: jax.Array, answer_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(token accuracy over answer positions, fraction of examples with every answer token right)."""
-    correct = (jnp.argmax(logits, axis=-1) == targets) | (answer_mask == 0)
+    correct = answer_correct(logits, targets, answer_mask)
     token_acc = masked_mean(correct.astype(jnp.float32), answer_mask)
     has_answer = jnp.any(answer_mask > 0, axis=-1)
     exact = masked_mean(jnp.all(correct, axis=-1).astype(jnp.float32), has_answer)
@@ -188,7 +193,11 @@ def answer_accuracy(logits: jax.Array, targets: jax.Array, answer_mask: jax.Arra
 
 def kl_to_original(original_logits: jax.Array, student_logits: jax.Array, mask: jax.Array) -> jax.Array:
     """KL(original || student) per token, averaged over real text positions."""
+    return masked_mean(token_kl(original_logits, student_logits), mask)
+
+
+def token_kl(original_logits: jax.Array, student_logits: jax.Array) -> jax.Array:
+    """KL(original || student) at each position [...] (logits [..., V], in float32)."""
     p_log = jax.nn.log_softmax(original_logits.astype(jnp.float32), axis=-1)
     q_log = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
-    kl = jnp.sum(jnp.exp(p_log) * (p_log - q_log), axis=-1)
-    return masked_mean(kl, mask)
+    return jnp.sum(jnp.exp(p_log) * (p_log - q_log), axis=-1)

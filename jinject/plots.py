@@ -177,7 +177,7 @@ def plot_decoded(decoded: Any, out: PathLike | None = None) -> Figure:
     """
     from matplotlib.patches import Rectangle
 
-    from jinject.decoding import _same, format_value
+    from jinject.decoding import display_same, format_value
 
     d = decoded
     n_t, n_v = len(d.pieces), len(d.variables)
@@ -201,7 +201,7 @@ def plot_decoded(decoded: Any, out: PathLike | None = None) -> Figure:
             txt = format_value(x, d.kinds[v])
             ax.text(t, i, txt[:6], ha="center", va="center", fontsize=7,
                     color="white" if colour[i, t] < 0.5 else "black")
-            if d.teacher is not None and not _same(x, d.teacher[v][t], d.kinds[v]):
+            if d.teacher is not None and not display_same(x, d.teacher[v][t], d.kinds[v]):
                 ax.add_patch(Rectangle((t - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
     ax.set_xticks(range(n_t), [repr(p)[1:-1] for p in d.pieces], fontsize=8)
     ax.set_yticks(range(n_v), d.variables, fontsize=8)

@@ -17,8 +17,11 @@ import time
 
 import numpy as np
 
+from jinject.evaluate.readout import same_value
 from jinject.tasks import Task, rasp_lib
 from jinject.tasks.sampling import split_rng
+
+VERIFY_RTOL = 1e-3  # a numerical variable: the teacher's float32 arithmetic against the interpreter's exact value
 
 __all__ = ["VerifyReport", "verify_teacher", "verification_problems"]
 
@@ -93,13 +96,6 @@ def verification_problems(task: Task, max_seq_len: int, n_random: int, seed: int
     return edge, out
 
 
-def _same(tv, iv, categorical: bool) -> bool:
-    if categorical:
-        return tv == iv if iv is not None else tv is None
-    iv = 0.0 if iv is None else float(iv)
-    return abs(float(tv) - iv) <= 1e-3 * max(1.0, abs(iv))
-
-
 def verify_teacher(teacher, n_random: int = 200, seed: int = 0, batch_size: int = 64) -> VerifyReport:
     """Run the three checks above; returns a report (`report.ok`, `report.summary()`)."""
     t0 = time.perf_counter()
@@ -129,7 +125,8 @@ def verify_teacher(teacher, n_random: int = 200, seed: int = 0, batch_size: int 
                 bad = 0
                 for pos in range(len(toks)):
                     tv = (v.values[col[pos]] if col[pos] >= 0 else None) if v.categorical else col[pos]
-                    if not _same(tv, iv[pos], v.categorical):
+                    want = iv[pos] if v.categorical or iv[pos] is not None else 0.0  # tracr's None number: 0
+                    if not same_value(tv, want, v.encoding, rtol=VERIFY_RTOL):
                         bad += 1
                         if bad == 1:
                             rep.failures.append(

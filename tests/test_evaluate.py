@@ -152,7 +152,7 @@ class FakeTask:
     def solve(self, problem):
         return Ex(problem).answer
 
-    def examples(self, split, n, seed):
+    def examples(self, split, n, seed, max_seq_len=None):
         rng = np.random.default_rng([seed, len(split)])
         lo, hi = (2, 6) if split != "ood_long" else (8, 12)
         return [Ex("".join(rng.choice(["a", "b"], size=rng.integers(lo, hi + 1)))) for _ in range(n)]
@@ -218,6 +218,32 @@ def test_variable_bookkeeping_from_labels():
     np.testing.assert_array_equal(ev.nearest(grid, np.array([-3.0, 0.2, 0.3, 0.74, 0.76, 9.0])), [0, 0, 1, 1, 2, 2])
     # a constant is right within half of max(|v|, 1)
     np.testing.assert_array_equal(ev.nearest(np.array([1.0]), np.array([1.4, 0.6, 1.6])), [0, 0, -1])
+
+
+def test_one_equality_rule_with_its_tolerance():
+    same = ev.same_value
+    assert same("x", "x", "categorical") and not same("x", None, "categorical") and same(None, None, "categorical")
+    # relative tolerance (verify: 1e-3; the decode table: 10% of max(|reference|, 1))
+    assert same(2.0015, 2.0, "numerical", rtol=1e-3) and not same(2.0025, 2.0, "numerical", rtol=1e-3)
+    assert same(0.09, 0.0, "numerical", rtol=0.1) and not same(0.11, 0.0, "numerical", rtol=0.1)
+    # the grid of values a variable takes: nearer to the reference than to any other value
+    grid = np.array([0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(same(np.array([0.2, 0.3, 0.9]), np.array([0.0, 0.0, 1.0]), "numerical", grid=grid),
+                                  [True, False, True])
+    for tolerances in ({}, {"rtol": 0.1, "grid": grid}):
+        with pytest.raises(ValueError, match="exactly one tolerance"):
+            same(1.0, 1.0, "numerical", **tolerances)
+
+
+def test_cli_eval_defaults_are_the_eval_config():
+    from jinject import cli
+
+    args = cli.build_parser().parse_args(["eval", "DIR"])
+    e = ev.EvalConfig()
+    assert (args.n, args.n_decode, args.n_causal, args.n_text, args.text_seq_len, tuple(args.noise_norms),
+            tuple(args.relative_noise), args.splits, args.batch_size, args.eval_seed) == (
+        e.n_examples, e.n_decode, e.n_causal, e.n_text_windows, e.text_seq_len, e.noise_norms, e.relative_noise,
+        e.splits, e.batch_size, e.seed)
 
 
 def test_exact_match_stops_at_end_marker():

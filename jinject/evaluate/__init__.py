@@ -1,0 +1,60 @@
+"""Evaluation of a trained run: accuracy, language retention, decoding accuracy, causal test -> eval.json.
+
+One module per measurement (`accuracy`; `language`: retention; `probing`: decoding accuracy; `causal`)
+around one shared readout of the RASP variables (`readout`, also used by `jinject.decoding`); `report`
+runs them all on a run and formats the table; `config` holds the settings and their defaults
+(`EvalConfig`, read by `jinject eval`); `batching` runs a model jitted over fixed-shape batches.
+
+The public names are imported lazily, so that `jinject.evaluate.config` loads without JAX (the command
+line builds its parser from it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "EvalConfig": "config",
+    "EVAL_SEED": "config",
+    "NOISE_NORMS": "config",
+    "RELATIVE_NOISE": "config",
+    "SKIP_VARIABLES": "readout",
+    "NUMERIC_DECIMALS": "readout",
+    "variable_dims": "readout",
+    "variable_kinds": "readout",
+    "value_grid": "readout",
+    "nearest": "readout",
+    "same_value": "readout",
+    "mapped_and_teacher": "readout",
+    "structural_scale": "readout",
+    "calibrate_layer": "readout",
+    "calibrate": "readout",
+    "exact_match": "accuracy",
+    "generation_accuracy": "accuracy",
+    "teacher_forced_exact": "accuracy",
+    "text_windows": "language",
+    "retention": "language",
+    "DecodingCollector": "probing",
+    "decoding_accuracy": "probing",
+    "random_basis": "causal",
+    "subspace_noise": "causal",
+    "causal_test": "causal",
+    "residual_norms": "causal",
+    "fits_teacher": "report",
+    "split_examples": "report",
+    "evaluate_run": "report",
+    "format_table": "report",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
