@@ -176,7 +176,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.dir} is a baseline run: it has no adapter, so there is nothing to decode through")
     task = get_task(config.task, **config.task_options)
     try:
-        problem = task.parse(args.text) if hasattr(task, "parse") else args.text
+        problem = task.parse(args.text)
     except ValueError as e:
         example = task.examples("test", 1, 0)[0]
         raise ValueError(f"{args.text!r} is not a {task.name} problem: {e}. Give the compact form, e.g. "

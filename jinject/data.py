@@ -28,7 +28,7 @@ class PieceEncoder:
     def __call__(self, piece: str) -> int:
         if piece not in self._ids:
             if piece == BOS_PIECE:
-                if getattr(self.tokenizer, "bos_id", None) is None:
+                if self.tokenizer.bos_id is None:
                     raise ValueError("the task starts with the host's BOS token (task option bos=true) but this "
                                      "tokenizer has none; use bos=false")
                 self._ids[piece] = self.tokenizer.bos_id

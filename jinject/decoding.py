@@ -76,8 +76,6 @@ def decode_problem(run: Any, problem: str, layer: int | None = None, with_genera
         try:
             task.pieces(problem)
         except ValueError:
-            if not hasattr(task, "parse"):
-                raise
             problem = task.parse(problem)  # the prompt text, spaced or framed, instead of the compact problem
         prompt_pieces, answer_pieces = task.pieces(problem)
         teacher_tokens = task.teacher_tokens(problem)

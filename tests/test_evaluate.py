@@ -92,21 +92,26 @@ class FakeStudent(nnx.Module):
         e = self.E[...]
         hidden = [r[0] @ e, r[1] @ e, r[2] @ e]
         h = hidden[2]
-        hidden.append(h)  # block 2 is the identity
         if intervene is not None:
             assert intervene_at == 2
             h = intervene(h)
-        read = h @ e.T  # back to teacher coordinates
-        logits = jnp.full(ids.shape + (8,), -10.0)
-        tok = ids  # the token identity is taken from the input; only the parity is read from h
+        hidden.append(h)  # block 2 is the identity; the final residual carries the intervention
+        return SimpleNamespace(logits=self.unembed(self.final_norm(h)), hidden_states=jnp.stack(hidden))
+
+    def final_norm(self, h):
+        return h
+
+    def unembed(self, h):
+        """Reads the token and the parity back in teacher coordinates: after "=" the parity, then "."."""
+        read = h @ self.E[...].T
+        tok = jnp.argmax(read[..., 1:7], -1) + 1
         is_eq = (tok == ID["="])[..., None]
         is_ans = ((tok == ID["0"]) | (tok == ID["1"]))[..., None]
-        parity_logits = jnp.zeros(ids.shape + (8,)).at[..., ID["0"]].set(read[..., 7]).at[..., ID["1"]].set(
+        parity_logits = jnp.zeros(h.shape[:-1] + (8,)).at[..., ID["0"]].set(read[..., 7]).at[..., ID["1"]].set(
             read[..., 8])
         end_logits = jax.nn.one_hot(ID["."], 8) * 10.0
         other = jax.nn.one_hot(ID["a"], 8) * 10.0
-        logits = jnp.where(is_eq, parity_logits * 10.0, jnp.where(is_ans, end_logits, other + logits * 0))
-        return SimpleNamespace(logits=logits, hidden_states=jnp.stack(hidden))
+        return jnp.where(is_eq, parity_logits * 10.0, jnp.where(is_ans, end_logits, other))
 
 
 @dataclass
@@ -142,6 +147,12 @@ class FakeTask:
         if set(problem) - {"a", "b"}:
             raise ValueError(f"not a parity problem: {problem!r}")
         return Ex(problem).prompt_pieces, Ex(problem).answer_pieces
+
+    def parse(self, prompt):
+        problem = prompt.removesuffix("=")
+        if set(problem) - {"a", "b"}:
+            raise ValueError(f"not a parity problem: {prompt!r}")
+        return problem
 
     def teacher_tokens(self, problem):
         return Ex(problem).teacher_tokens

@@ -77,33 +77,18 @@ def answers_right(m: nnx.Module, ids: jax.Array, targets: jax.Array, index: jax.
     """[B] bool: every answer token is the argmax given the right prefix.
 
     The vocabulary projection runs only at the answer positions (`jinject.trainer.answer_logits`), unless
-    the intervention sits on the final residual itself (the recorded hidden state predates it) or the
-    model has no separate `unembed`.
+    the intervention sits on the final residual itself (the recorded hidden state predates it).
     """
     out = m(ids, intervene=intervene, intervene_at=at if intervene is not None else None)
-    full_logits = not (hasattr(m, "unembed") and hasattr(m, "final_norm")) or (
-        intervene is not None and at == m.config.n_layers)
+    full_logits = intervene is not None and at == m.config.n_layers
     batch = {"answer_index": index, "targets": targets, "answer_valid": valid}
     logits, tg, valid = answer_logits(m, out, batch, full_logits)
     return jnp.all(answer_correct(logits, tg, valid), axis=-1)
 
 
-def answer_arrays(arrays: TaskArrays) -> tuple[np.ndarray, np.ndarray]:
-    """(answer_index, answer_valid) [N, K] of the data pipeline, or rebuilt from answer_mask."""
-    if hasattr(arrays, "answer_index"):
-        return arrays.answer_index, arrays.answer_valid
-    k = int(arrays.answer_mask.sum(-1).max())
-    index = np.zeros((len(arrays), k), np.int32)
-    valid = np.zeros((len(arrays), k), np.float32)
-    for r, row in enumerate(arrays.answer_mask):
-        pos = np.flatnonzero(row)
-        index[r, : len(pos)], valid[r, : len(pos)] = pos, 1.0
-    return index, valid
-
-
 def exact_over_batches(run: Callable, arrays: TaskArrays, batch_size: int, key: jax.Array, *extra: Any) -> float:
     """Mean of `run(inputs, targets, answer_index, answer_valid, *extra, key_b) -> [B] bool` over batches b."""
-    index, valid = answer_arrays(arrays)
+    index, valid = arrays.answer_index, arrays.answer_valid
     hits = []
     for b, sl in enumerate(batches(len(arrays), batch_size)):
         rows = sl.stop - sl.start

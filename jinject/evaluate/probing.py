@@ -26,8 +26,6 @@ from jinject.evaluate.readout import (
     mapped_and_teacher,
     same_value,
     value_grid,
-    variable_dims,
-    variable_kinds,
 )
 
 
@@ -37,15 +35,10 @@ class DecodingCollector:
     def __init__(self, teacher: Any, n_layers: int):
         self.teacher = teacher
         self.n_layers = n_layers
-        info = getattr(teacher, "var_info", None)
-        if info:  # the teacher knows its variables: dims, encoding, and the layer that writes each
-            self.dims = {k: np.asarray(v.dims) for k, v in info.items()}
-            self.kinds = {k: v.encoding for k, v in info.items()}
-            self.first_layer = {k: int(v.layer) for k, v in info.items()}
-        else:  # read them off tracr's labels; the first layer is then found from the residuals
-            self.dims = variable_dims(teacher.labels)
-            self.kinds = variable_kinds(teacher.labels)
-            self.first_layer = {}
+        info = teacher.var_info  # dims, encoding, and the layer that writes each variable
+        self.dims = {k: np.asarray(v.dims) for k, v in info.items()}
+        self.kinds = {k: v.encoding for k, v in info.items()}
+        self.first_layer = {k: int(v.layer) for k, v in info.items()}
         self.student: dict[str, list[list[np.ndarray]]] = {}
         self.truth: dict[str, list[list[np.ndarray]]] = {}
         self.present: dict[str, np.ndarray] = {}
@@ -64,12 +57,7 @@ class DecodingCollector:
                 self.student.setdefault(var, [[] for _ in range(self.n_layers)])[i].append(np.asarray(dm[var]))
                 self.truth.setdefault(var, [[] for _ in range(self.n_layers)])[i].append(np.asarray(tv))
                 present = self.present.setdefault(var, np.zeros(self.n_layers, bool))
-                if var in self.first_layer:
-                    present[i] = i >= self.first_layer[var]
-                elif var in self.dims and r.size:
-                    present[i] |= bool(np.any(np.abs(r[:, self.dims[var]]) > 1e-6))
-                elif var not in self.dims:
-                    present[i] = True
+                present[i] = i >= self.first_layer[var]
 
     def result(self, student_index: Sequence[int]) -> dict[str, Any]:
         """Per variable: the score at each layer (None before it is written), mean, final, written."""

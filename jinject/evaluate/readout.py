@@ -108,10 +108,8 @@ def structural_scale(teacher: Any, mapped: np.ndarray, layer: int) -> np.ndarray
     length, without looking at the teacher's answer for this input. Numerical values and the "empty
     one-hot" threshold are read after dividing by it (categorical argmaxes do not depend on it).
     """
-    info = getattr(teacher, "var_info", None)
-    if not info:
-        return np.ones(mapped.shape[:-1])
-    maxima = [mapped[..., v.dims].max(-1) for v in info.values() if v.encoding == "categorical" and v.layer <= layer]
+    maxima = [mapped[..., v.dims].max(-1) for v in teacher.var_info.values()
+              if v.encoding == "categorical" and v.layer <= layer]
     if "one" in teacher.labels:
         maxima.append(mapped[..., teacher.labels.index("one")])
     if not maxima:
