@@ -15,17 +15,10 @@ import pytest
 import tiny
 from flax import nnx
 
-from jinject.data import PieceEncoder, encode_examples
-from jinject.trainer import (
-    Pipeline,
-    TrainingDiverged,
-    checkpoint_manager,
-    init_state,
-    load_run,
-    make_loss_fn,
-    make_train_step,
-    train,
-)
+from jinject.checkpoints import checkpoint_manager
+from jinject.data import PieceEncoder, Pipeline, encode_examples
+from jinject.step import init_state, make_loss_fn, make_train_step
+from jinject.trainer import TrainingDiverged, load_run, train
 
 TESTS = Path(__file__).parent
 
@@ -43,7 +36,7 @@ def frozen_and_trainable(model, teacher, config):
     state = init_state(model, teacher, config)
     graphdef, original = nnx.split(model)
     frozen = {"original": original, "teacher": teacher.params if teacher is not None else {}}
-    return graphdef, {"params": state["params"], "adapter": state["adapter"]}, frozen
+    return graphdef, state.trainable, frozen
 
 
 def test_injection_learns_task_and_alignment(tmp_path):
@@ -112,13 +105,13 @@ def test_step_keeps_original_weights_frozen_and_donates_state(comps):
     step = make_train_step(model, teacher, config)
     state = init_state(model, teacher, config)
     pipeline = Pipeline(config, task, teacher, tokenizer)
-    old_params = state["params"]
+    old_params = state.params
     for i in range(3):
         state, metrics = step(state, pipeline.batch(i))
-    assert int(state["step"]) == 3
+    assert int(state.step) == 3
     assert jax.tree.leaves(old_params)[0].is_deleted()  # donated: no second copy of the state
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, step.frozen["original"]), before)
-    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state["params"], before))
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state.params, before))
     assert max(moved) > 0
 
 
@@ -187,8 +180,9 @@ MESH_WORKER = """
 import sys
 sys.path.insert(0, {tests!r})
 import jax, numpy as np, tiny
-from jinject.trainer import (Pipeline, batch_shardings, init_state, make_mesh, make_train_step, param_shardings,
-                             shard_batch)
+from jinject.data import Pipeline
+from jinject.sharding import batch_shardings, make_mesh, param_shardings, shard_batch
+from jinject.step import init_state, make_train_step
 assert jax.device_count() == 4, jax.devices()
 task, teacher, model, tokenizer = tiny.components()
 losses = {{}}
@@ -207,7 +201,7 @@ for name, data, fsdp, devices in [("one", 1, 1, jax.devices()[:1]), ("mesh", 2, 
         out.append([float(m[k]) for k in ("loss", "task", "kl", "align")])
     losses[name] = np.array(out)
     if name == "mesh":
-        spec = [s.spec for s in jax.tree.leaves(jax.tree.map(lambda x: x.sharding, state["params"]))]
+        spec = [s.spec for s in jax.tree.leaves(jax.tree.map(lambda x: x.sharding, state.params))]
         assert any("fsdp" in str(s) for s in spec), spec
 print(losses["one"].tolist()); print(losses["mesh"].tolist())
 np.testing.assert_allclose(losses["mesh"], losses["one"], rtol=2e-4, atol=1e-5)
