@@ -170,6 +170,50 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, comps):
     jax.tree.map(np.testing.assert_array_equal, nnx.split(restored.model)[1], nnx.split(good.model)[1])
 
 
+def rewrite_as_old_baseline(src: Path, dst: Path, config, comps) -> None:
+    """dst: the baseline run in src with every checkpoint in the layout jinject wrote before TrainState: a
+    zero placeholder adapter {"w": [1, 1, 1], "b": [1, 1]} with zero AdamW moments (its gradient was 0)."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    from jinject import checkpoints, rundir
+    from jinject.step import make_optimizer
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints"))
+    placeholder = {"w": jnp.zeros((1, 1, 1)), "b": jnp.zeros((1, 1))}
+    template = init_state(comps[2], None, config)
+    old, new = checkpoint_manager(dst, config), checkpoint_manager(src, config)
+    for step in new.all_steps():
+        state, _ = checkpoints.restore(new, template, src / "checkpoints", config, step)
+        saved = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(state.opt_state)}
+        fill = lambda p, x, saved=saved: saved.get(jax.tree_util.keystr(p), jnp.zeros_like(x))
+        opt = jax.tree_util.tree_map_with_path(fill, make_optimizer(config).init({"params": state.params,
+                                                                                  "adapter": placeholder}))
+        tree = {"params": state.params, "adapter": placeholder, "opt_state": opt, "step": state.step}
+        rundir.record_digest(dst / "checkpoints", step, rundir.state_summary(tree).digest)
+        old.save(step, args=ocp.args.StandardSave(tree))
+        old.wait_until_finished()
+    old.close()
+    new.close()
+
+
+def test_a_baseline_saved_with_the_old_placeholder_adapter_loads_and_resumes(tmp_path, comps):
+    cfg = tiny.config(steps=4, checkpoint_every=2, log_every=2, baseline=True)
+    train(cfg, tmp_path / "new", components=comps, progress=False)
+    rewrite_as_old_baseline(tmp_path / "new", tmp_path / "old", cfg, comps)
+    notes = []
+    a, b = (load_run(tmp_path / d, components=comps, say=notes.append) for d in ("new", "old"))
+    assert a.step == b.step == 4 and a.adapter is None and b.adapter is None and notes == []
+    jax.tree.map(np.testing.assert_array_equal, nnx.split(a.model)[1], nnx.split(b.model)[1])
+    longer = tiny.config(steps=6, checkpoint_every=2, log_every=2, baseline=True)
+    a, b = (train(longer, tmp_path / d, components=comps, progress=False, say=notes.append) for d in ("new", "old"))
+    jax.tree.map(np.testing.assert_array_equal, nnx.split(a.model)[1], nnx.split(b.model)[1])
+    strip = lambda d: [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(tmp_path / d)]
+    assert strip("old") == strip("new") and notes == []
+    assert load_run(tmp_path / "old", step=4, components=comps).step == 4  # an old-layout step beside a new one
+
+
 def test_resume_refuses_a_different_config(tmp_path, comps):
     train(tiny.config(steps=2), tmp_path, components=comps, progress=False)
     with pytest.raises(ValueError, match="different config.*lr"):
