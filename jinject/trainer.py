@@ -5,6 +5,7 @@
 
 The step itself is jinject.step; placement jinject.sharding; the checkpoint layout jinject.checkpoints;
 the refusals before a model load jinject.preflight; the directory's integrity jinject.rundir.
+(`heldout_metrics`, an evaluation, is here until it moves to the evaluation code: ~25 of its lines.)
 """
 
 from __future__ import annotations
