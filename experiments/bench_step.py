@@ -55,8 +55,9 @@ def interleaved_medians(fns: dict, rounds: int) -> dict[str, float]:
 def bench_task(task_name: str, model, tokenizer, args, peak: float) -> dict:
     from jinject.compiler import compile_teacher
     from jinject.config import TrainConfig
+    from jinject.data import Pipeline
+    from jinject.step import init_state, make_train_step, teacher_residuals
     from jinject.tasks import get_task
-    from jinject.trainer import Pipeline, init_state, make_train_step, teacher_residuals
 
     task = get_task(task_name, **args.task_options.get(task_name, {}))
     t0 = time.perf_counter()
@@ -69,7 +70,9 @@ def bench_task(task_name: str, model, tokenizer, args, peak: float) -> dict:
     tokens = batch["inputs"].size + batch["text_ids"].size
 
     def stepper(cfg, teacher_or_none, batch, resid_fn=None):
-        step = make_train_step(model, teacher_or_none, cfg)
+        # unfused: the step reads the residuals from the batch instead of running the teacher
+        from_batch = None if resid_fn is None else (lambda params, b: b["teacher_resid"])
+        step = make_train_step(model, teacher_or_none, cfg, residuals=from_batch)
         holder = {"state": init_state(model, teacher_or_none, cfg)}
 
         def run():

@@ -75,7 +75,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_out_dir(Path(out))
     check_inputs(config)  # task, options, teacher size, corpus: no JAX, no model, no compile
 
-    from jinject.trainer import TrainingDiverged, maybe_initialize_distributed, preflight, train
+    from jinject.preflight import preflight
+    from jinject.sharding import maybe_initialize_distributed
+    from jinject.trainer import TrainingDiverged, train
 
     if args.tensorboard and importlib.util.find_spec("tensorboardX") is None:  # before minutes of set-up
         print("jinject train: error: --tensorboard needs tensorboardX: pip install 'jinject[tensorboard]'",

@@ -1,4 +1,5 @@
-"""Batches for the train step: task examples -> student ids, teacher ids and masks; text windows.
+"""Batches for the train step: task examples -> student ids, teacher ids and masks; text windows; and
+`Pipeline`, the two together for one run.
 
 Every batch is a pure function of (seed, step), so a resumed run sees exactly the batches an
 uninterrupted run would have seen.
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from jinject.config import TrainConfig
 from jinject.tasks.base import BOS_PIECE
 
 STREAM_TASK, STREAM_TEXT = 0, 1
@@ -195,3 +197,25 @@ class TextStream:
         starts = batch_rng(seed, step, STREAM_TEXT).integers(0, len(self.ids) - seq_len, size=batch_size)
         ids = np.stack([self.ids[s : s + seq_len] for s in starts])
         return {"text_ids": ids, "text_mask": np.ones_like(ids, np.float32)}
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+
+
+class Pipeline:
+    """Task pool + text stream for a run; `batch(step)` is deterministic in (seed, step)."""
+
+    def __init__(self, config: TrainConfig, task: Any, teacher: Any, tokenizer: Any):
+        self.config = config
+        self.encoder = PieceEncoder(tokenizer)
+        # baseline and injected runs see the same examples: those the configured teacher can hold
+        examples = task.examples("train", config.n_train, config.seed, max_seq_len=config.teacher_max_seq_len)
+        self.task_arrays: TaskArrays = encode_examples(examples, self.encoder, teacher)
+        train_text, self.heldout_text = split_corpus(load_corpus(config.corpus))
+        self.text = TextStream(train_text, tokenizer)
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """The task rows and text windows of step `step` (host numpy arrays)."""
+        c = self.config
+        return {**sample_task_batch(self.task_arrays, c.seed, step, c.batch_size),
+                **self.text.batch(c.seed, step, c.text_batch_size, c.text_seq_len)}

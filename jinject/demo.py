@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from jinject.compilation import enable_compilation_cache
-    from jinject.trainer import heldout_metrics, train
+    from jinject.evaluate import evaluate_run, format_table, heldout_metrics
+    from jinject.trainer import train
 
     enable_compilation_cache()
 
@@ -68,13 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"held-out {config.task} ({m['n_examples']} examples, teacher-forced): answer-token accuracy "
           f"{m['answer_acc']:.3f}, exact {m['exact_acc']:.3f}, task loss {m['task']:.3f}, KL {m['kl']:.4f}")
     print(f"alignment (1 - cos) per teacher layer: {per_layer}  (sum {m['align']:.3f})")
-    try:
-        from jinject.evaluate import evaluate_run, format_table
-    except ImportError:
-        evaluate_run = None
-    if evaluate_run is not None:
-        results = evaluate_run(run, out=args.out, **DEMO_EVAL)
-        print(format_table(results))
+    results = evaluate_run(run, out=args.out, **DEMO_EVAL)
+    print(format_table(results))
     print(f"demo done in {time.perf_counter() - t0:.0f} s; next: jinject decode {args.out} \"<prompt>\"")
     return 0
 

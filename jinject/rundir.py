@@ -206,6 +206,7 @@ class Restored:
 def restore_newest_readable(manager: Any, abstract: Any, ckpt_dir: Path, step: int | None = None) -> Restored:
     """Restore the newest checkpoint that reads back whole, matches its recorded digest and is finite.
 
+    `abstract`: the tree to restore into, or a function step -> that tree (steps saved in different layouts).
     `step` restores that step only. Raises CheckpointError (one line, every step and its reason) when none
     can be used. Never changes the directory: the caller decides what to do with the skipped steps.
     """
@@ -224,7 +225,7 @@ def restore_newest_readable(manager: Any, abstract: Any, ckpt_dir: Path, step: i
         level = absl.level
         absl.setLevel(logging.CRITICAL)  # orbax logs every failed read at length; our one line says it all
         try:
-            state = manager.restore(s, args=ocp.args.StandardRestore(abstract))
+            state = manager.restore(s, args=ocp.args.StandardRestore(abstract(s) if callable(abstract) else abstract))
         except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for a damaged file
             skipped.append((s, f"unreadable: {_one_line(e)}"))
             state = None

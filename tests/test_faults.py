@@ -244,8 +244,8 @@ def test_state_going_non_finite_after_good_checkpoints_stops_before_saving(tmp_p
 
         def wrapped(state, batch):
             state, m = step(state, batch)
-            if int(state["step"]) == 6:
-                state = {**state, "params": jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), state["params"])}
+            if int(state.step) == 6:
+                state = state.replace(params=jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), state.params))
             return state, m
 
         return wrapped

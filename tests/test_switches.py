@@ -14,10 +14,10 @@ from flax import nnx
 
 from jinject import objective as obj
 from jinject.config import TrainConfig
-from jinject.data import PieceEncoder
+from jinject.data import PieceEncoder, Pipeline
 from jinject.models.base import CausalLM
+from jinject.step import init_state, make_loss_fn, make_train_step, objective_plan
 from jinject.tasks import BOS_PIECE, get_task
-from jinject.trainer import Pipeline, init_state, make_loss_fn, make_train_step, objective_plan
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +25,17 @@ def comps():
     return tiny.components(extra_layers=2)
 
 
-def loss_and_metrics(comps, batch=None, **overrides):
+def loss_and_metrics(comps, batch=None, resid=None, **overrides):
+    """The loss of one batch; `resid` replaces the teacher's residual stream when given."""
     task, teacher, model, tokenizer = comps
     config = tiny.config(**overrides)
     batch = batch if batch is not None else Pipeline(config, task, teacher, tokenizer).batch(0)
     state = init_state(model, teacher, config)
     graphdef, original = nnx.split(model)
     frozen = {"original": original, "teacher": teacher.params}
-    trainable = {"params": state["params"], "adapter": state["adapter"]}
-    loss, metrics = make_loss_fn(graphdef, teacher, config, model.config)(trainable, frozen, batch)
+    trainable = state.trainable
+    residuals = None if resid is None else (lambda params, batch: resid)
+    loss, metrics = make_loss_fn(graphdef, teacher, config, model.config, residuals)(trainable, frozen, batch)
     return float(loss), jax.tree.map(np.asarray, metrics)
 
 
@@ -96,12 +98,12 @@ def test_a_left_out_teacher_dimension_does_not_change_the_loss(comps):
     other = resid.copy()
     other[..., indices] = np.random.default_rng(0).normal(size=other[..., indices].shape)
     for exclude, same in ((["indices"], True), ([], False)):
-        l1, m1 = loss_and_metrics(comps, {**batch, "teacher_resid": resid}, align_exclude=exclude)
-        l2, m2 = loss_and_metrics(comps, {**batch, "teacher_resid": other}, align_exclude=exclude)
+        l1, m1 = loss_and_metrics(comps, batch, resid, align_exclude=exclude)
+        l2, m2 = loss_and_metrics(comps, batch, other, align_exclude=exclude)
         assert np.allclose(m1["align_per_layer"], m2["align_per_layer"], rtol=1e-6) == same, exclude
     # "VAR@LAYER" leaves it out at that teacher layer only
-    _, a = loss_and_metrics(comps, {**batch, "teacher_resid": resid}, align_exclude=["indices@0"])
-    _, b = loss_and_metrics(comps, {**batch, "teacher_resid": other}, align_exclude=["indices@0"])
+    _, a = loss_and_metrics(comps, batch, resid, align_exclude=["indices@0"])
+    _, b = loss_and_metrics(comps, batch, other, align_exclude=["indices@0"])
     assert a["align_per_layer"][0] == pytest.approx(b["align_per_layer"][0], rel=1e-6)
     assert not np.allclose(a["align_per_layer"][1:], b["align_per_layer"][1:])
     with pytest.raises(ValueError, match="no variable 'nope'"):
@@ -136,15 +138,15 @@ def test_adapter_warmup_keeps_the_student_frozen(comps):
     config = tiny.config(adapter_warmup_steps=3, steps=6)
     step = make_train_step(model, teacher, config)
     state = init_state(model, teacher, config)
-    params0 = jax.tree.map(np.array, state["params"])
-    adapter0 = jax.tree.map(np.array, state["adapter"])
+    params0 = jax.tree.map(np.array, state.params)
+    adapter0 = jax.tree.map(np.array, state.adapter)
     pipeline = Pipeline(config, task, teacher, tokenizer)
     for i in range(3):
         state, _ = step(state, pipeline.batch(i))
-    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, state["params"]), params0)
-    assert not np.allclose(np.asarray(state["adapter"]["w"]), adapter0["w"])
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, state.params), params0)
+    assert not np.allclose(np.asarray(state.adapter["w"]), adapter0["w"])
     state, _ = step(state, pipeline.batch(3))
-    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state["params"], params0))
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state.params, params0))
     assert max(moved) > 0
 
 
@@ -155,9 +157,9 @@ def test_adapter_warmup_does_not_freeze_a_run_without_alignment(comps):
     config = tiny.config(adapter_warmup_steps=3, steps=6, baseline=True)
     step = make_train_step(model, None, config)
     state = init_state(model, None, config)
-    params0 = jax.tree.map(np.array, state["params"])
+    params0 = jax.tree.map(np.array, state.params)
     state, _ = step(state, Pipeline(config, task, None, tokenizer).batch(0))
-    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state["params"], params0))
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state.params, params0))
     assert max(moved) > 0
 
 

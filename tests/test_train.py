@@ -15,17 +15,10 @@ import pytest
 import tiny
 from flax import nnx
 
-from jinject.data import PieceEncoder, encode_examples
-from jinject.trainer import (
-    Pipeline,
-    TrainingDiverged,
-    checkpoint_manager,
-    init_state,
-    load_run,
-    make_loss_fn,
-    make_train_step,
-    train,
-)
+from jinject.checkpoints import checkpoint_manager
+from jinject.data import PieceEncoder, Pipeline, encode_examples
+from jinject.step import init_state, make_loss_fn, make_train_step
+from jinject.trainer import TrainingDiverged, load_run, train
 
 TESTS = Path(__file__).parent
 
@@ -43,7 +36,7 @@ def frozen_and_trainable(model, teacher, config):
     state = init_state(model, teacher, config)
     graphdef, original = nnx.split(model)
     frozen = {"original": original, "teacher": teacher.params if teacher is not None else {}}
-    return graphdef, {"params": state["params"], "adapter": state["adapter"]}, frozen
+    return graphdef, state.trainable, frozen
 
 
 def test_injection_learns_task_and_alignment(tmp_path):
@@ -112,13 +105,13 @@ def test_step_keeps_original_weights_frozen_and_donates_state(comps):
     step = make_train_step(model, teacher, config)
     state = init_state(model, teacher, config)
     pipeline = Pipeline(config, task, teacher, tokenizer)
-    old_params = state["params"]
+    old_params = state.params
     for i in range(3):
         state, metrics = step(state, pipeline.batch(i))
-    assert int(state["step"]) == 3
+    assert int(state.step) == 3
     assert jax.tree.leaves(old_params)[0].is_deleted()  # donated: no second copy of the state
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, step.frozen["original"]), before)
-    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state["params"], before))
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state.params, before))
     assert max(moved) > 0
 
 
@@ -177,6 +170,50 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, comps):
     jax.tree.map(np.testing.assert_array_equal, nnx.split(restored.model)[1], nnx.split(good.model)[1])
 
 
+def rewrite_as_old_baseline(src: Path, dst: Path, config, comps) -> None:
+    """dst: the baseline run in src with every checkpoint in the layout jinject wrote before TrainState: a
+    zero placeholder adapter {"w": [1, 1, 1], "b": [1, 1]} with zero AdamW moments (its gradient was 0)."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    from jinject import checkpoints, rundir
+    from jinject.step import make_optimizer
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints"))
+    placeholder = {"w": jnp.zeros((1, 1, 1)), "b": jnp.zeros((1, 1))}
+    template = init_state(comps[2], None, config)
+    old, new = checkpoint_manager(dst, config), checkpoint_manager(src, config)
+    for step in new.all_steps():
+        state, _ = checkpoints.restore(new, template, src / "checkpoints", config, step)
+        saved = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(state.opt_state)}
+        fill = lambda p, x, saved=saved: saved.get(jax.tree_util.keystr(p), jnp.zeros_like(x))
+        opt = jax.tree_util.tree_map_with_path(fill, make_optimizer(config).init({"params": state.params,
+                                                                                  "adapter": placeholder}))
+        tree = {"params": state.params, "adapter": placeholder, "opt_state": opt, "step": state.step}
+        rundir.record_digest(dst / "checkpoints", step, rundir.state_summary(tree).digest)
+        old.save(step, args=ocp.args.StandardSave(tree))
+        old.wait_until_finished()
+    old.close()
+    new.close()
+
+
+def test_a_baseline_saved_with_the_old_placeholder_adapter_loads_and_resumes(tmp_path, comps):
+    cfg = tiny.config(steps=4, checkpoint_every=2, log_every=2, baseline=True)
+    train(cfg, tmp_path / "new", components=comps, progress=False)
+    rewrite_as_old_baseline(tmp_path / "new", tmp_path / "old", cfg, comps)
+    notes = []
+    a, b = (load_run(tmp_path / d, components=comps, say=notes.append) for d in ("new", "old"))
+    assert a.step == b.step == 4 and a.adapter is None and b.adapter is None and notes == []
+    jax.tree.map(np.testing.assert_array_equal, nnx.split(a.model)[1], nnx.split(b.model)[1])
+    longer = tiny.config(steps=6, checkpoint_every=2, log_every=2, baseline=True)
+    a, b = (train(longer, tmp_path / d, components=comps, progress=False, say=notes.append) for d in ("new", "old"))
+    jax.tree.map(np.testing.assert_array_equal, nnx.split(a.model)[1], nnx.split(b.model)[1])
+    strip = lambda d: [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(tmp_path / d)]
+    assert strip("old") == strip("new") and notes == []
+    assert load_run(tmp_path / "old", step=4, components=comps).step == 4  # an old-layout step beside a new one
+
+
 def test_resume_refuses_a_different_config(tmp_path, comps):
     train(tiny.config(steps=2), tmp_path, components=comps, progress=False)
     with pytest.raises(ValueError, match="different config.*lr"):
@@ -187,8 +224,9 @@ MESH_WORKER = """
 import sys
 sys.path.insert(0, {tests!r})
 import jax, numpy as np, tiny
-from jinject.trainer import (Pipeline, batch_shardings, init_state, make_mesh, make_train_step, param_shardings,
-                             shard_batch)
+from jinject.data import Pipeline
+from jinject.sharding import batch_shardings, make_mesh, param_shardings, shard_batch
+from jinject.step import init_state, make_train_step
 assert jax.device_count() == 4, jax.devices()
 task, teacher, model, tokenizer = tiny.components()
 losses = {{}}
@@ -207,7 +245,7 @@ for name, data, fsdp, devices in [("one", 1, 1, jax.devices()[:1]), ("mesh", 2, 
         out.append([float(m[k]) for k in ("loss", "task", "kl", "align")])
     losses[name] = np.array(out)
     if name == "mesh":
-        spec = [s.spec for s in jax.tree.leaves(jax.tree.map(lambda x: x.sharding, state["params"]))]
+        spec = [s.spec for s in jax.tree.leaves(jax.tree.map(lambda x: x.sharding, state.params))]
         assert any("fsdp" in str(s) for s in spec), spec
 print(losses["one"].tolist()); print(losses["mesh"].tolist())
 np.testing.assert_allclose(losses["mesh"], losses["one"], rtol=2e-4, atol=1e-5)

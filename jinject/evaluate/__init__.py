@@ -41,6 +41,7 @@ _PUBLIC = {
     "subspace_noise": "causal",
     "causal_test": "causal",
     "residual_norms": "causal",
+    "heldout_metrics": "heldout",
     "fits_teacher": "report",
     "split_examples": "report",
     "evaluate_run": "report",

@@ -20,7 +20,7 @@ from flax import nnx
 from jinject.data import PieceEncoder, TaskArrays
 from jinject.evaluate.batching import batches, jit_model, pad_rows
 from jinject.objective import answer_correct
-from jinject.trainer import answer_logits
+from jinject.step import answer_logits
 
 
 def exact_match(generated: Sequence[int], answer_ids: Sequence[int], end_id: int) -> bool:

@@ -85,7 +85,7 @@ def mapped_and_teacher(
     model: nnx.Module, teacher: Any, adapter: dict, student_index: np.ndarray
 ) -> Callable[[np.ndarray, np.ndarray], tuple[jax.Array, jax.Array]]:
     """A jitted `(inputs, teacher_ids) -> (A_i h_{index[i]} [L+1,B,T,Dt], r_i without BOS [L+1,B,T,Dt])`."""
-    from jinject.trainer import teacher_residuals  # here, not above: `jinject compile` (verify) stays light
+    from jinject.step import teacher_residuals  # here, not above: `jinject compile` (verify) stays light
 
     index = np.asarray(student_index)
     adapter = jax.tree.map(jnp.asarray, adapter)
