@@ -7,6 +7,7 @@ command such as `jinject --help` answers at once.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 __version__ = "0.1.0"
@@ -32,7 +33,20 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'jinject' has no attribute {name!r}")
+def lazy_exports(package: str, public: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's `__getattr__` and `__dir__` that import each public name's module on first use
+    (`public`: name -> module path; a path starting with "." is relative to `package`)."""
+
+    def get(name: str) -> Any:
+        if name in public:
+            module = public[name]
+            return getattr(importlib.import_module(package + module if module.startswith(".") else module), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def names() -> list[str]:
+        return sorted(set(vars(importlib.import_module(package))) | set(public))
+
+    return get, names
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

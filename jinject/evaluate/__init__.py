@@ -11,8 +11,7 @@ line builds its parser from it).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from jinject import lazy_exports
 
 _PUBLIC = {
     "EvalConfig": "config",
@@ -49,13 +48,4 @@ _PUBLIC = {
 }
 
 __all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_exports(__name__, {name: f".{module}" for name, module in _PUBLIC.items()})
