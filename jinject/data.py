@@ -10,12 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from jinject.config import TrainConfig
 from jinject.tasks.base import BOS_PIECE
+
+if TYPE_CHECKING:
+    from jinject.tasks import Example, Task
+    from jinject.teacher import Teacher
+    from jinject.tokenizer import Tokenizer
 
 STREAM_TASK, STREAM_TEXT = 0, 1
 
@@ -23,7 +28,7 @@ STREAM_TASK, STREAM_TEXT = 0, 1
 class PieceEncoder:
     """Encodes task pieces one by one, refusing any piece that is not exactly one student token."""
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
         self._ids: dict[str, int] = {}
 
@@ -85,7 +90,7 @@ def round_up(n: int, multiple: int = 8) -> int:
 
 
 def encode_examples(
-    examples: Sequence[Any], encoder: PieceEncoder, teacher: Any | None, seq_len: int | None = None
+    examples: Sequence[Example], encoder: PieceEncoder, teacher: Teacher | None, seq_len: int | None = None
 ) -> TaskArrays:
     """Tokenise examples piece by piece. An example longer than `seq_len` (or than the teacher can hold)
     is an error, never truncated: truncation silently dropped answers in the original code."""
@@ -187,7 +192,7 @@ def split_corpus(text: str, heldout_fraction: float = 0.1) -> tuple[str, str]:
 class TextStream:
     """A tokenised corpus; batches are random windows chosen by (seed, step)."""
 
-    def __init__(self, text: str, tokenizer: Any, max_chars: int = 2_000_000):
+    def __init__(self, text: str, tokenizer: Tokenizer, max_chars: int = 2_000_000):
         self.ids = np.asarray(tokenizer.encode(text[:max_chars]), np.int32)
 
     def batch(self, seed: int, step: int, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
@@ -205,7 +210,7 @@ class TextStream:
 class Pipeline:
     """Task pool + text stream for a run; `batch(step)` is deterministic in (seed, step)."""
 
-    def __init__(self, config: TrainConfig, task: Any, teacher: Any, tokenizer: Any):
+    def __init__(self, config: TrainConfig, task: Task, teacher: Teacher | None, tokenizer: Tokenizer):
         self.config = config
         self.encoder = PieceEncoder(tokenizer)
         # baseline and injected runs see the same examples: those the configured teacher can hold

@@ -10,13 +10,16 @@ Beside it stands the teacher's own value at that layer, so a researcher sees whe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 import numpy as np
 
 from jinject.data import PieceEncoder
 from jinject.evaluate.readout import SKIP_VARIABLES, calibrate_layer, mapped_and_teacher, same_value, variable_kinds
+
+if TYPE_CHECKING:
+    from jinject.trainer import Run
 
 NUMERIC_DISPLAY_TOL = 0.1  # the table's tolerance for numbers: within 10% of max(|teacher's value|, 1)
 
@@ -62,7 +65,7 @@ def format_value(x: Any, kind: str) -> str:
     return str(x)
 
 
-def decode_problem(run: Any, problem: str, layer: int | None = None, with_generation: bool = True) -> Decoded:
+def decode_problem(run: Run, problem: str, layer: int | None = None, with_generation: bool = True) -> Decoded:
     """Decode every variable at every token of `problem` (a compact problem string, e.g. "([)]", or the
     prompt text itself)."""
     if run.config.baseline:

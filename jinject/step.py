@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.struct
 import jax
@@ -28,6 +28,9 @@ from jax.sharding import PartitionSpec as P
 from jinject import objective as obj
 from jinject.config import TrainConfig
 from jinject.sharding import batch_shardings, param_shardings
+
+if TYPE_CHECKING:
+    from jinject.teacher import Teacher
 
 Batch = dict[str, Any]
 Frozen = dict[str, Any]  # {"original": the untrained model's params (KL reference), "teacher": params or {}}
@@ -81,7 +84,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     return tx
 
 
-def n_adapter_maps(config: TrainConfig, teacher: Any) -> int:
+def n_adapter_maps(config: TrainConfig, teacher: Teacher) -> int:
     return teacher.n_layers + 1 if config.per_layer_adapter else 1
 
 
@@ -95,7 +98,7 @@ class ObjectivePlan:
     excluded: tuple[str, ...]  # the resolved align_exclude entries
 
 
-def objective_plan(config: TrainConfig, teacher: Any, model_config: Any) -> ObjectivePlan:
+def objective_plan(config: TrainConfig, teacher: Teacher, model_config: Any) -> ObjectivePlan:
     """Resolve the layer map, the intervention site and the alignment's left-out dimensions; every
     inconsistency (teacher deeper than the host, a bad index, an unknown variable) is refused here."""
     n_student = model_config.n_layers
@@ -112,7 +115,7 @@ def objective_plan(config: TrainConfig, teacher: Any, model_config: Any) -> Obje
     return ObjectivePlan(index, at, weights, excluded)
 
 
-def init_state(model: nnx.Module, teacher: Any, config: TrainConfig) -> TrainState:
+def init_state(model: nnx.Module, teacher: Teacher | None, config: TrainConfig) -> TrainState:
     """Fresh trainable state: a copy of the model's parameters, a new adapter (none for the baseline),
     AdamW moments, step 0.
 
@@ -129,7 +132,7 @@ def init_state(model: nnx.Module, teacher: Any, config: TrainConfig) -> TrainSta
     return TrainState(params, adapter, make_optimizer(config).init(trainable), jnp.zeros((), jnp.int32))
 
 
-def teacher_residuals(teacher: Any, params: Any, teacher_ids: jax.Array) -> jax.Array:
+def teacher_residuals(teacher: Teacher, params: Any, teacher_ids: jax.Array) -> jax.Array:
     """The frozen teacher's residual stream, in float32 at full matmul precision (tracr needs exact sums)."""
     with jax.default_matmul_precision("highest"):
         return teacher.residuals(params, teacher_ids).astype(jnp.float32)
@@ -153,7 +156,7 @@ def answer_logits(student: nnx.Module, out: Any, batch: Batch, use_full_logits: 
     return logits, targets, batch["answer_valid"]
 
 
-def make_loss_fn(graphdef: nnx.GraphDef, teacher: Any, config: TrainConfig, model_config: Any,
+def make_loss_fn(graphdef: nnx.GraphDef, teacher: Teacher | None, config: TrainConfig, model_config: Any,
                  residuals: Residuals | None = None) -> Callable:
     """loss(trainable, frozen, batch) -> (total, metrics): the whole objective, pure.
 
@@ -225,7 +228,8 @@ class TrainStep:
 
 
 def make_train_step(
-    model: nnx.Module, teacher: Any, config: TrainConfig, mesh: Mesh | None = None, example_batch: Batch | None = None,
+    model: nnx.Module, teacher: Teacher | None, config: TrainConfig, mesh: Mesh | None = None,
+    example_batch: Batch | None = None,
     residuals: Residuals | None = None,
 ) -> TrainStep:
     """The jitted step `step(state, batch) -> (state, metrics)`, state donated.

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -29,6 +29,11 @@ from jinject.preflight import check_before_load, check_memory
 from jinject.run_log import RunLog
 from jinject.sharding import batch_shardings, make_mesh, param_shardings, shard_batch
 from jinject.step import ObjectivePlan, TrainState, init_state, make_train_step, objective_plan
+
+if TYPE_CHECKING:
+    from jinject.tasks import Task
+    from jinject.teacher import Teacher
+    from jinject.tokenizer import Tokenizer
 
 # Settings a resumed run may change without changing the trajectory of the steps already taken.
 RESUMABLE_CHANGES = frozenset({"steps", "log_every", "checkpoint_every", "keep_checkpoints"})
@@ -43,10 +48,10 @@ class Run:
     """Everything a finished (or running) training run is made of."""
 
     config: TrainConfig
-    task: Any
-    teacher: Any
+    task: Task
+    teacher: Teacher
     model: nnx.Module  # the trained student
-    tokenizer: Any
+    tokenizer: Tokenizer
     adapter: dict | None  # None for the baseline, which has no adapter
     step: int
     original: nnx.Module | None = None  # the untrained model, for retention metrics

@@ -8,7 +8,7 @@ the training objective's own KL).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +18,11 @@ from flax import nnx
 from jinject.evaluate.batching import batches, jit_model, pad_rows
 from jinject.objective import token_kl
 
+if TYPE_CHECKING:
+    from jinject.tokenizer import Tokenizer
 
-def text_windows(text: str, tokenizer: Any, seq_len: int, n_windows: int) -> np.ndarray:
+
+def text_windows(text: str, tokenizer: Tokenizer, seq_len: int, n_windows: int) -> np.ndarray:
     """Up to `n_windows` consecutive, non-overlapping windows [N, seq_len] of the tokenised text."""
     ids = np.asarray(tokenizer.encode(text[: 40 * seq_len * n_windows + 1000]), np.int32)
     n = min(n_windows, len(ids) // seq_len)

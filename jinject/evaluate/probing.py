@@ -13,7 +13,7 @@ without it, the first layer where its residual dimensions are non-zero): before 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flax import nnx
@@ -28,11 +28,14 @@ from jinject.evaluate.readout import (
     value_grid,
 )
 
+if TYPE_CHECKING:
+    from jinject.teacher import Teacher
+
 
 class DecodingCollector:
     """Accumulates decoded values (student through adapter vs teacher) over batches, then scores them."""
 
-    def __init__(self, teacher: Any, n_layers: int):
+    def __init__(self, teacher: Teacher, n_layers: int):
         self.teacher = teacher
         self.n_layers = n_layers
         info = teacher.var_info  # dims, encoding, and the layer that writes each variable
@@ -108,7 +111,7 @@ def _mean(xs: Sequence[float | None]) -> float | None:
 
 def decoding_accuracy(
     model: nnx.Module,
-    teacher: Any,
+    teacher: Teacher,
     adapter: dict,
     student_index: np.ndarray,
     arrays: TaskArrays,

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +21,9 @@ from flax import nnx
 
 from jinject.evaluate.batching import jit_model
 from jinject.objective import adapter_apply
+
+if TYPE_CHECKING:
+    from jinject.teacher import Teacher
 
 SKIP_VARIABLES = ("one",)  # tracr's constant direction: always 1, nothing to decode
 NUMERIC_DECIMALS = 3  # tracr's numerical MLPs leave ~1e-6 noise: true values are read to 3 decimals
@@ -82,7 +85,7 @@ def same_value(a: Any, b: Any, kind: str, *, rtol: float | None = None, grid: np
 
 
 def mapped_and_teacher(
-    model: nnx.Module, teacher: Any, adapter: dict, student_index: np.ndarray
+    model: nnx.Module, teacher: Teacher, adapter: dict, student_index: np.ndarray
 ) -> Callable[[np.ndarray, np.ndarray], tuple[jax.Array, jax.Array]]:
     """A jitted `(inputs, teacher_ids) -> (A_i h_{index[i]} [L+1,B,T,Dt], r_i without BOS [L+1,B,T,Dt])`."""
     from jinject.step import teacher_residuals  # here, not above: `jinject compile` (verify) stays light
@@ -99,7 +102,7 @@ def mapped_and_teacher(
     return lambda ids, t_ids: run(ids, t_ids, adapter, teacher.params)
 
 
-def structural_scale(teacher: Any, mapped: np.ndarray, layer: int) -> np.ndarray:
+def structural_scale(teacher: Teacher, mapped: np.ndarray, layer: int) -> np.ndarray:
     """Per-position length of A·h in teacher units [...], from the known shape of a tracr residual.
 
     The alignment loss is a cosine: it fixes the direction of A·h but leaves its length free (it varies
@@ -118,11 +121,11 @@ def structural_scale(teacher: Any, mapped: np.ndarray, layer: int) -> np.ndarray
     return np.where(c > 1e-6, c, 1.0)
 
 
-def calibrate_layer(teacher: Any, mapped: np.ndarray, layer: int) -> np.ndarray:
+def calibrate_layer(teacher: Teacher, mapped: np.ndarray, layer: int) -> np.ndarray:
     """Mapped vectors [..., Dt] at teacher layer `layer`, divided by their `structural_scale`."""
     return mapped / structural_scale(teacher, mapped, layer)[..., None]
 
 
-def calibrate(teacher: Any, mapped: np.ndarray) -> np.ndarray:
+def calibrate(teacher: Teacher, mapped: np.ndarray) -> np.ndarray:
     """Divide each layer's mapped vectors [L+1, ..., Dt] by their `structural_scale`."""
     return np.stack([calibrate_layer(teacher, mapped[i], i) for i in range(len(mapped))])

@@ -23,6 +23,7 @@ from jinject.evaluate.probing import decoding_accuracy
 if TYPE_CHECKING:
     from jinject.tasks import Example, Task
     from jinject.teacher import Teacher
+    from jinject.trainer import Run
 
 
 def fits_teacher(example: Example, teacher: Teacher) -> bool:
@@ -39,7 +40,7 @@ def split_examples(task: Task, split: str, n: int, seed: int, teacher: Teacher |
 
 
 def evaluate_run(
-    run: Any,
+    run: Run,
     settings: EvalConfig | None = None,
     *,
     out: str | Path | None = None,
