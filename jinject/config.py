@@ -131,6 +131,11 @@ class TrainConfig:
         if self.adapter_warmup_steps and self.adapter_warmup_steps >= self.steps:
             raise ValueError(f"adapter_warmup_steps={self.adapter_warmup_steps} leaves no step for the student "
                              f"(steps={self.steps})")
+        decay_steps = self.steps - (self.adapter_warmup_steps if self.align else 0)  # the student's schedule
+        if self.schedule == "cosine" and self.warmup_steps >= decay_steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} leaves no step for the cosine decay: the student's "
+                             f"schedule has {decay_steps} steps (steps={self.steps}, adapter_warmup_steps="
+                             f"{self.adapter_warmup_steps}); lower warmup_steps or use schedule 'constant'")
         for f in dataclasses.fields(self):
             choices = f.metadata["choices"]
             if choices and getattr(self, f.name) not in choices:
@@ -209,7 +214,7 @@ class TrainConfig:
 def check_inputs(config: TrainConfig) -> Any:
     """What a config asks for beyond its own fields, checked without JAX, a model or a compiled teacher (well
     under a second): the task and its options, the teacher size, whether training examples fit that teacher,
-    the corpus. Returns the task. (`trainer.preflight` adds the device mesh.)"""
+    the corpus. Returns the task. (`preflight.preflight` adds the device mesh.)"""
     from jinject.data import load_corpus, split_corpus
     from jinject.tasks import get_task
     from jinject.tasks.fit import check_teacher_size

@@ -43,6 +43,8 @@ ROWS: list[tuple[str, list[str], str, str]] = [
     ("seed-negative", [*TRAIN, "--seed=-1"], r"seed must be >= 0", "pre"),
     ("warmup-negative", [*TRAIN, "--warmup-steps=-5"], r"warmup_steps must be >= 0", "pre"),
     ("adapter-warmup-too-long", [*TRAIN, "--steps", "5", "--adapter-warmup-steps", "5"], r"leaves no step", "pre"),
+    ("cosine-warmup-too-long", [*TRAIN, "--steps", "4", "--warmup-steps", "10", "--schedule", "cosine"],
+     r"warmup_steps=10 leaves no step for the cosine decay", "pre"),
     ("n-train-huge", [*TRAIN, "--n-train", "1000000000"], r"n_train=1,000,000,000 is above the limit of 1,000,000",
      "pre"),
     ("n-train-zero", [*TRAIN, "--n-train", "0"], r"n_train must be >= 1", "pre"),
