@@ -96,15 +96,13 @@ def encode_examples(
     is an error, never truncated: truncation silently dropped answers in the original code."""
     if not examples:
         raise ValueError("no examples to encode")
-    lengths = [len(e.prompt_pieces) + len(e.answer_pieces) for e in examples]
-    longest = max(lengths)
-    if teacher is not None and longest > teacher.max_seq_len:
-        worst = examples[int(np.argmax(lengths))]
-        raise ValueError(
-            f"example {worst.problem!r} needs {longest} teacher positions (+ BOS) but the teacher holds "
-            f"max_seq_len={teacher.max_seq_len}; compile the teacher with a larger max_seq_len or generate "
-            "shorter examples"
-        )
+    for e in examples if teacher is not None else ():
+        why = teacher.misfit(e)  # the one fit rule: length with the answer, vocabulary, the task's own limit
+        if why is not None:
+            fix = ("; compile the teacher with a larger max_seq_len or generate shorter examples"
+                   if not (why.limit or why.unknown) else "")
+            raise ValueError(f"example {e.problem!r} does not fit the teacher: {why}{fix}")
+    longest = max(len(e.prompt_pieces) + len(e.answer_pieces) for e in examples)
     if seq_len is None:  # round up for fewer recompiles, but never past what the teacher's positions hold
         seq_len = round_up(longest) if teacher is None else min(round_up(longest), teacher.max_seq_len)
     if longest > seq_len:

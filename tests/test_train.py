@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,16 @@ def test_padding_does_not_change_the_loss(comps):
     l_long, m_long = loss_fn(trainable, frozen, b_long)
     np.testing.assert_allclose(l_long, l_short, rtol=1e-5)
     np.testing.assert_allclose(m_long["align_per_layer"], m_short["align_per_layer"], rtol=1e-5)
+
+
+def test_an_example_the_teacher_cannot_hold_is_refused_by_name(comps):
+    task, teacher, _, tokenizer = comps
+    too_long = next(e for e in task.examples("ood-length", 200, 0) if e.n_pieces > teacher.max_seq_len)
+    fits = task.examples("train", 3, 0)
+    with pytest.raises(ValueError, match=rf"^example {re.escape(repr(too_long.problem))} does not fit the teacher: it needs "
+                                         rf"{too_long.n_pieces} teacher positions.*larger max_seq_len"):
+        encode_examples([*fits, too_long], PieceEncoder(tokenizer), teacher)
+    assert len(encode_examples(fits, PieceEncoder(tokenizer), teacher)) == 3
 
 
 def test_teacher_gets_no_gradient_and_baseline_has_no_alignment(comps):
