@@ -86,7 +86,8 @@ def test_an_example_the_teacher_cannot_hold_is_refused_by_name(comps):
     task, teacher, _, tokenizer = comps
     too_long = next(e for e in task.examples("ood-length", 200, 0) if e.n_pieces > teacher.max_seq_len)
     fits = task.examples("train", 3, 0)
-    with pytest.raises(ValueError, match=rf"^example {re.escape(repr(too_long.problem))} does not fit the teacher: it needs "
+    name = re.escape(repr(too_long.problem))
+    with pytest.raises(ValueError, match=rf"^example {name} does not fit the teacher: it needs "
                                          rf"{too_long.n_pieces} teacher positions.*larger max_seq_len"):
         encode_examples([*fits, too_long], PieceEncoder(tokenizer), teacher)
     assert len(encode_examples(fits, PieceEncoder(tokenizer), teacher)) == 3
