@@ -62,13 +62,16 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "all-fixes+stride2+balance": ("every fix, stride 2, and the original's balance-based dyck program "
                                   "(8 layers) instead of exact counts",
                                   {**CHOSEN_FIELDS, "task_options": {**FRAMED, "program": "balance"}}),
+    "all-fixes+stride4": ("every fix, stride 4 (the teacher spread over hidden states 0-16 of 30); tried after "
+                          "the choice was frozen, because the counts stay approximate at the marker",
+                          {**CHOSEN_FIELDS, "layer_stride": 4}),
     "baseline+frame-bos": ("the baseline on the framed prompts (the cpu preset's baseline run)",
                            {**CHOSEN_FIELDS, "baseline": True}),
 }
 DEFAULT_ORDER = ["all-fixes", "baseline", "all-fixes+stride2", "all-fixes+stride2+balance", "today", "+placement",
                  "+feasible", "+frame-bos",
                  "+adapter-warmup", "+adapter-ratio", "+marker-weight", "+stride2", "align-only", "intervene-only",
-                 "baseline+frame-bos"]
+                 "baseline+frame-bos", "all-fixes+stride4"]
 TASK = "shuffle-dyck"
 
 
