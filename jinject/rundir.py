@@ -10,11 +10,14 @@ are checked before they are written and before they are trusted.
   which catches damage orbax itself reads without complaint (random bytes inside a raw chunk).
 - `restore_newest_readable`: newest step first; a checkpoint that fails to restore, does not match its
   digest, or holds non-finite values is skipped with a one-line reason.
+- `check_disk`: a checkpoint is written only when the disk holds it (a full disk mid-save leaves a
+  half-written step and a flood of tensorstore errors); `jinject train` refuses at the start when not even
+  one fits and warns when the run's checkpoints will not.
 - `prepare_metrics`: keeps `metrics.jsonl` consistent with the checkpoint a run resumes from without ever
   dropping a history it cannot redo: when a run restarts from step 0 over an old log, the old log is kept
   aside under a new name and the user is told.
 
-Longer than most modules (~390 lines) on purpose: every rule that keeps a run directory trustworthy lives
+Longer than most modules (~420 lines) on purpose: every rule that keeps a run directory trustworthy lives
 here, each with its own failure message, so a reader checks the integrity story in one place.
 """
 
@@ -24,6 +27,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import socket
 import sys
 import time
@@ -55,6 +59,43 @@ class RunLocked(ValueError):
 
 class CheckpointError(ValueError):
     """No checkpoint of a run directory can be restored."""
+
+
+class NotEnoughDisk(OSError):
+    """The disk cannot hold the next checkpoint."""
+
+
+# ------------------------------------------------------------------------------------------------ disk
+
+CHECKPOINT_METADATA = 1 << 20  # orbax's JSON and OCDBT manifests: tens of kB for a small model
+
+
+def checkpoint_bytes(state: Any) -> int:
+    """An upper bound on the disk one checkpoint of `state` takes: its arrays' bytes plus the metadata
+    (orbax's OCDBT files are smaller than the raw arrays: 1.50 GB for a SmolLM2-135M state of 1.61 GB)."""
+    import jax
+
+    return CHECKPOINT_METADATA + sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+                                     for x in jax.tree.leaves(state))
+
+
+def free_bytes(directory: Path) -> int:
+    return shutil.disk_usage(directory).free
+
+
+def gigabytes(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def check_disk(directory: Path, need: int, what: str, after: str) -> None:
+    """Raise NotEnoughDisk (saying what needs the space, what was kept, and how to go on) when `directory`'s
+    disk has less than `need` bytes free."""
+    free = free_bytes(directory)
+    if free < need:
+        raise NotEnoughDisk(
+            f"{what} needs {gigabytes(need)} of disk and {directory} has {gigabytes(free)} free; {after}. Free "
+            f"space (a finished run needs only its newest checkpoint) or lower --keep-checkpoints, then run "
+            f"the same command again: it resumes")
 
 
 # ------------------------------------------------------------------------------------------------ lock

@@ -152,6 +152,7 @@ def _train_locked(config: TrainConfig, out: Path, on_step, progress: bool, compo
     state = jax.device_put(state, param_shardings(state, mesh))
     try:
         manager, state, start, verified = checkpoints.resume(manager, state, out, config, say)
+        _check_disk_for_checkpoints(out, state, start, config, say)
     except BaseException:
         manager.close()
         raise
@@ -217,10 +218,29 @@ def _save_checkpoint(manager: Any, state: TrainState, done: int, out: Path, veri
             f"{parts} became non-finite by step {done} although the logged losses were finite (an "
             f"update overflowed); stopped before saving it, {_last_good(verified, out)}. Try a lower "
             "--lr / --adapter-lr or --grad-clip.")
+    rundir.check_disk(out, rundir.checkpoint_bytes(tree), f"the checkpoint of step {done}",
+                      f"training stopped before writing it, {_last_good(verified, out)}")
     if unbound is not None:
         unbound.save(out / "config.json")
     rundir.record_digest(out / "checkpoints", done, summary.digest)
     checkpoints.save(manager, done, state)
+
+
+def _check_disk_for_checkpoints(out: Path, state: TrainState, start: int, config: TrainConfig,
+                                say: Callable[[str], None]) -> None:
+    """Refuse before training when the disk cannot hold one checkpoint; warn when it cannot hold what the
+    run will keep at its peak (`keep_checkpoints` plus the one being written)."""
+    size = rundir.checkpoint_bytes(checkpoints.state_tree(state))
+    rundir.check_disk(out, size, "a checkpoint of this run (parameters, adapter, optimizer moments)",
+                      "nothing was trained")
+    saves = sum(_due(d, config.checkpoint_every, config.steps) for d in range(start + 1, config.steps + 1))
+    held = len(rundir.checkpoint_steps(out / "checkpoints"))
+    peak = min(saves, max(config.keep_checkpoints + 1 - held, 1)) * size
+    free = rundir.free_bytes(out)
+    if free < peak:
+        say(f"jinject train: warning: this run's checkpoints will need up to {rundir.gigabytes(peak)} "
+                   f"more disk and {out} has {rundir.gigabytes(free)} free; training stops with the last good "
+                   "checkpoint kept if the next one does not fit (lower --keep-checkpoints to need less)")
 
 
 def load_run(out: str | Path, step: int | None = None, components: tuple | None = None,

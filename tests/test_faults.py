@@ -286,3 +286,54 @@ def test_a_kill_mid_line_in_metrics_keeps_the_original_aside(tmp_path, comps, st
     assert "1 unreadable line" in capsys.readouterr().err
     assert (out / "metrics.unreadable-lines-1.jsonl").read_text().endswith('"loss": 0.12')
     assert_same_run(out, resumed, straight)
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def test_a_disk_that_cannot_hold_one_checkpoint_is_refused_before_training(tmp_path, comps, monkeypatch):
+    monkeypatch.setattr(rundir, "free_bytes", lambda directory: 1000)
+    out = tmp_path / "run"
+    with pytest.raises(rundir.NotEnoughDisk, match=r"a checkpoint of this run .* needs \d+\.\d+ GB of disk and .* "
+                                                   r"has 0\.00 GB free; nothing was trained\. Free space .*"
+                                                   r"--keep-checkpoints") as e:
+        train(tiny.config(**CFG), out, components=comps, progress=False)
+    assert isinstance(e.value, OSError)  # the command line prints OSErrors as one `error:` line, exit 2
+    assert rundir.checkpoint_steps(out / "checkpoints") == []
+    assert not (out / "metrics.jsonl").exists() and not (out / "config.json").exists()
+
+
+def test_disk_filling_mid_run_stops_before_the_save_then_resumes_identically(tmp_path, comps, straight,
+                                                                              monkeypatch):
+    """Another job fills the disk after step 4: the save of step 6 is refused before anything is written,
+    the message names step 3 as the last good checkpoint, and once space is back the same command resumes
+    to the uninterrupted run's numbers. The size the check asks for bounds what orbax really writes."""
+    free = {"bytes": 1 << 40}
+    sizes = []
+    real_size = rundir.checkpoint_bytes
+    monkeypatch.setattr(rundir, "free_bytes", lambda directory: free["bytes"])
+    monkeypatch.setattr(rundir, "checkpoint_bytes", lambda state: sizes.append(real_size(state)) or sizes[-1])
+
+    def fill(step, record):
+        if step == 4:
+            free["bytes"] = 1000
+
+    out = tmp_path / "run"
+    with pytest.raises(rundir.NotEnoughDisk, match=r"the checkpoint of step 6 needs .* training stopped before "
+                                                   r"writing it, the last good checkpoint \(step 3"):
+        train(tiny.config(**CFG), out, components=comps, on_step=fill, progress=False)
+    assert rundir.checkpoint_steps(out / "checkpoints") == [3]
+    assert dir_bytes(out / "checkpoints" / "3") <= sizes[0]
+    free["bytes"] = 1 << 40
+    resumed = train(tiny.config(**CFG), out, components=comps, progress=False)
+    assert_same_run(out, resumed, straight)
+
+
+def test_a_disk_too_small_for_every_kept_checkpoint_is_warned_about(tmp_path, comps, monkeypatch, capsys):
+    monkeypatch.setattr(rundir, "checkpoint_bytes", lambda state: 2_000_000_000)
+    monkeypatch.setattr(rundir, "free_bytes", lambda directory: 3_000_000_000)  # one fits; 2 kept + 1 written do not
+    run = train(tiny.config(**CFG), tmp_path / "run", components=comps, progress=False)
+    assert run.step == STEPS
+    err = capsys.readouterr().err
+    assert "warning: this run's checkpoints will need up to 6.00 GB more disk" in err and "3.00 GB free" in err
