@@ -556,6 +556,18 @@ def test_ablation_configs_and_table(tmp_path):
     assert "0.200 ± 0.000 | 0.900 ± 0.000" in md and "| 0.400 ± 0.000 |" in md  # causal; align sum
 
 
+def test_compare_keeps_only_the_final_checkpoint_of_an_evaluated_run(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    for name in ("50", "100", "corrupt-100"):
+        (ckpt / name).mkdir(parents=True)
+        (ckpt / name / "data").write_bytes(b"x")
+    (ckpt / "jinject-digests.json").write_text("{}")
+    _compare_module().keep_final_checkpoint(ckpt, 100)
+    # the final step and the evidence (digests, a damaged step kept aside) stay
+    assert sorted(p.name for p in ckpt.iterdir()) == ["100", "corrupt-100", "jinject-digests.json"]
+    assert (ckpt / "100" / "data").read_bytes() == b"x"
+
+
 def test_generation_accuracy_with_the_real_kv_cached_generate():
     """On a random tiny Llama, the jitted KV-cached generate and a plain argmax loop score the same answers
     (batching sorts prompts by length and pads the last batch: neither may change a row's output)."""

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from jinject import cli
+from jinject import cli, rundir
 
 pytestmark = pytest.mark.slow
 
@@ -62,5 +62,7 @@ def test_compare_runs_jobs_in_parallel_and_tables_every_run(tmp_path):
     for variant in ("injected", "baseline"):
         results = json.loads((tmp_path / "out" / "runs" / f"shuffle-dyck-{variant}-s0" / "eval.json").read_text())
         assert results["run"]["step"] == 4
+        run_dir = tmp_path / "out" / "runs" / f"shuffle-dyck-{variant}-s0"
+        assert rundir.checkpoint_steps(run_dir / "checkpoints") == [4]  # an evaluated run keeps its final one
     assert "on core" in proc.stdout
     assert "| accuracy/test |" in (tmp_path / "out" / "results.md").read_text()
