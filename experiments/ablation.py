@@ -65,13 +65,17 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "all-fixes+stride4": ("every fix, stride 4 (the teacher spread over hidden states 0-16 of 30); tried after "
                           "the choice was frozen, because the counts stay approximate at the marker",
                           {**CHOSEN_FIELDS, "layer_stride": 4}),
+    "all-fixes+stride2+per-variable": ("every fix, stride 2, one cosine per RASP variable; tried after the choice "
+                                       "was frozen, because the counts stay approximate at the marker",
+                                       {**CHOSEN_FIELDS, "align_per_variable": True}),
     "baseline+frame-bos": ("the baseline on the framed prompts (the cpu preset's baseline run)",
                            {**CHOSEN_FIELDS, "baseline": True}),
 }
 DEFAULT_ORDER = ["all-fixes", "baseline", "all-fixes+stride2", "all-fixes+stride2+balance", "today", "+placement",
                  "+feasible", "+frame-bos",
                  "+adapter-warmup", "+adapter-ratio", "+marker-weight", "+stride2", "align-only", "intervene-only",
-                 "baseline+frame-bos", "all-fixes+stride4"]
+                 "baseline+frame-bos", "all-fixes+stride4",
+                 "all-fixes+stride2+per-variable"]
 TASK = "shuffle-dyck"
 
 

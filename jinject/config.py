@@ -74,6 +74,8 @@ class TrainConfig:
         None, metavar="VAR[@LAYER]", help="teacher variables left out of the alignment, at every layer or one (e.g. "
         "indices@0); default: auto (indices on hosts without absolute position embeddings); no value: none")
     marker_weight: float = _opt(1.0, "weight of the marker position (last prompt token) in the alignment mean")
+    align_per_variable: bool = _opt(False, "one cosine per RASP variable (mean over variables) instead of one per "
+                                           "residual vector")
     # optimiser (AdamW; original: student 1e-6, adapter 1e-4, weight decay 0.01)
     lr: float = _opt(1e-6, "student learning rate")
     adapter_lr: float = _opt(1e-4, "adapter learning rate")

@@ -96,6 +96,34 @@ def alignment_dim_weights(labels: Sequence[str], n_layers: int,
     return w
 
 
+def variable_blocks(teacher_dim: int, categorical: Sequence[tuple[np.ndarray, int]],
+                    n_layers: int) -> tuple[np.ndarray, np.ndarray]:
+    """The blocks of the per-variable alignment: ([V, D_t] 0/1 membership, [L_t + 1, V] 0/1 written by layer i).
+
+    `categorical` is (dims, first layer) of each categorical variable: each is its own block, from the layer
+    that writes it. Every other dimension (tracr's `one`, the numerical variables, `indices`) forms one block
+    of scalars from layer 0 on: a one-dimensional block's cosine would only be its sign.
+    """
+    member = np.zeros((len(categorical) + 1, teacher_dim), np.float32)
+    present = np.zeros((n_layers + 1, len(categorical) + 1), np.float32)
+    for v, (dims, layer) in enumerate(categorical):
+        member[v, np.asarray(dims)] = 1.0
+        present[layer:, v] = 1.0
+    member[-1] = 1.0 - member[:-1].sum(axis=0)
+    present[:, -1] = float(member[-1].any())
+    return member, present
+
+
+def block_cosine_distance(a: jax.Array, b: jax.Array, member: jax.Array,
+                          eps: float = 1e-8) -> tuple[jax.Array, jax.Array]:
+    """(1 - cos per block [..., V], whether the target block is non-zero [..., V]) for `a`, `b` [..., D] and
+    block membership `member` [V, D]. A zero target block (a variable not written yet, an aggregate that
+    selected nothing, a left-out dimension) has no direction to match."""
+    dot = (a * b) @ member.T
+    norms = jnp.sqrt(((a * a) @ member.T) * ((b * b) @ member.T))
+    return 1.0 - dot / jnp.maximum(norms, eps), (b * b) @ member.T > eps
+
+
 def alignment_position_weights(real_mask: jax.Array, marker_index: jax.Array, marker_weight: float) -> jax.Array:
     """[B, T]: 1 at real positions, `marker_weight` at each row's marker position (the last prompt token)."""
     if marker_weight == 1.0:
@@ -124,11 +152,14 @@ def alignment_losses(
     student_index: np.ndarray,
     mask: jax.Array,
     dim_weights: np.ndarray | None = None,
+    blocks: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> jax.Array:
     """Per-teacher-layer masked cosine distance between A·h_{map(i)} and r_i: shape [L_t + 1].
 
     `mask` [B, T] weighs student positions (0 at padding: padding never counts). `dim_weights`
-    [L_t + 1, D_t] (0/1) leaves teacher dimensions out of layer i's cosine, on both sides.
+    [L_t + 1, D_t] (0/1) leaves teacher dimensions out of layer i's cosine, on both sides. With `blocks`
+    (`variable_blocks`) each variable's block has its own cosine and the layer's loss is their mean over
+    positions and the blocks written there, so a variable of a few dimensions weighs as much as a wide one.
     """
     teacher = teacher_resid[:, :, 1:].astype(jnp.float32)  # drop teacher BOS: position t+1 <-> t
     losses = []
@@ -136,7 +167,12 @@ def alignment_losses(
         mapped, target = adapter_apply(adapter, student_hidden[s], i), teacher[i]
         if dim_weights is not None:
             mapped, target = mapped * dim_weights[i], target * dim_weights[i]
-        losses.append(masked_mean(cosine_distance(mapped, target), mask))
+        if blocks is None:
+            losses.append(masked_mean(cosine_distance(mapped, target), mask))
+        else:
+            member, present = blocks
+            dist, live = block_cosine_distance(mapped, target, jnp.asarray(member))
+            losses.append(masked_mean(dist, mask[..., None] * live * jnp.asarray(present[i])))
     return jnp.stack(losses)
 
 

@@ -96,6 +96,7 @@ class ObjectivePlan:
     intervene_at: int  # student hidden state of the detach-and-roll (also used by the causal test)
     dim_weights: np.ndarray  # [L_t + 1, D_t] 0/1: teacher dimensions the alignment compares
     excluded: tuple[str, ...]  # the resolved align_exclude entries
+    blocks: tuple[np.ndarray, np.ndarray] | None  # per-variable alignment: `objective.variable_blocks`
 
 
 def objective_plan(config: TrainConfig, teacher: Teacher, model_config: Any) -> ObjectivePlan:
@@ -112,7 +113,11 @@ def objective_plan(config: TrainConfig, teacher: Teacher, model_config: Any) -> 
                                         obj.parse_exclusions(excluded, teacher.labels, teacher.n_layers))
     if not weights.any(axis=1).all():
         raise ValueError(f"align_exclude {list(excluded)} leaves some teacher layer with no dimension to align")
-    return ObjectivePlan(index, at, weights, excluded)
+    blocks = None
+    if config.align_per_variable:
+        categorical = [(v.dims, v.layer) for v in teacher.var_info.values() if v.categorical]
+        blocks = obj.variable_blocks(teacher.d_model, categorical, teacher.n_layers)
+    return ObjectivePlan(index, at, weights, excluded, blocks)
 
 
 def init_state(model: nnx.Module, teacher: Teacher | None, config: TrainConfig) -> TrainState:
@@ -188,7 +193,7 @@ def make_loss_fn(graphdef: nnx.GraphDef, teacher: Teacher | None, config: TrainC
             weights = obj.alignment_position_weights(batch["real_mask"], batch["answer_index"][:, 0],
                                                      config.marker_weight)
             per_layer = obj.alignment_losses(trainable["adapter"], out.hidden_states, resid, plan.student_index,
-                                             weights, dim_weights)
+                                             weights, dim_weights, plan.blocks)
             align = jnp.sum(per_layer)
             metrics["align"] = align
             metrics["align_per_layer"] = per_layer

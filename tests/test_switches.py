@@ -133,6 +133,48 @@ def test_marker_weight_counts_the_marker_position_more(comps):
     assert not np.allclose(one["align_per_layer"], five["align_per_layer"])
 
 
+def test_per_variable_alignment_weighs_a_smeared_count_like_any_other_variable():
+    """A residual of tokens (4 dims), `one` and a count (8 values): a student that has the tokens right and
+    the count smeared over three neighbouring values is almost aligned as a whole vector (the count is a
+    small part of its length), but not per variable, where the count's block counts as much as the tokens'."""
+    member, present = obj.variable_blocks(13, [(np.arange(0, 4), 0), (np.arange(5, 13), 1)], n_layers=1)
+    np.testing.assert_array_equal(member[2], [0, 0, 0, 0, 1] + [0] * 8)  # the rest: `one`
+    np.testing.assert_array_equal(present, [[1, 0, 1], [1, 1, 1]])  # the count from layer 1 on
+    target = np.zeros(13, np.float32)
+    target[[1, 4, 5 + 3]] = [3.0, 3.0, 1.0]  # a token, `one`, count = 3 (tracr scales vary per variable)
+    smeared = target.copy()
+    smeared[5 + 2: 5 + 5] = [0.45, 0.5, 0.45]
+    whole = float(obj.cosine_distance(jnp.asarray(smeared), jnp.asarray(target)))
+    dist, live = obj.block_cosine_distance(jnp.asarray(smeared), jnp.asarray(target), jnp.asarray(member))
+    assert whole < 0.03 and float(dist[1]) > 0.25 and bool(live.all())
+    np.testing.assert_allclose(np.asarray(dist)[[0, 2]], 0.0, atol=1e-6)
+    # an empty target block (not written yet / selected nothing) has no direction: left out, whatever the student
+    empty = target.copy()
+    empty[5:] = 0.0
+    _, live = obj.block_cosine_distance(jnp.asarray(smeared), jnp.asarray(empty), jnp.asarray(member))
+    np.testing.assert_array_equal(live, [True, False, True])
+
+
+def test_per_variable_alignment_in_the_step(comps):
+    task, teacher, model, tokenizer = comps
+    batch = Pipeline(tiny.config(), task, teacher, tokenizer).batch(0)
+    resid = np.asarray(teacher.run(batch["teacher_ids"]))
+    _, whole = loss_and_metrics(comps, batch, resid)
+    _, per_var = loss_and_metrics(comps, batch, resid, align_per_variable=True)
+    assert np.all(np.isfinite(per_var["align_per_layer"]))
+    assert not np.allclose(whole["align_per_layer"], per_var["align_per_layer"])
+    # a variable before the layer that writes it is not in that layer's loss: changing its block there
+    # (where the teacher holds zeros) changes nothing, at its layer it does
+    info = next(v for v in teacher.var_info.values() if v.categorical and v.layer >= 1)
+    other = resid.copy()
+    other[: info.layer][..., info.dims] = 0.0
+    _, same = loss_and_metrics(comps, batch, other, align_per_variable=True)
+    np.testing.assert_allclose(same["align_per_layer"], per_var["align_per_layer"], rtol=1e-6)
+    other[info.layer][..., info.dims] = np.random.default_rng(0).normal(size=other[info.layer][..., info.dims].shape)
+    _, moved = loss_and_metrics(comps, batch, other, align_per_variable=True)
+    assert not np.isclose(moved["align_per_layer"][info.layer], per_var["align_per_layer"][info.layer])
+
+
 def test_adapter_warmup_keeps_the_student_frozen(comps):
     task, teacher, model, tokenizer = comps
     config = tiny.config(adapter_warmup_steps=3, steps=6)
