@@ -104,9 +104,9 @@ EVERY_FIELD = TrainConfig(
     task="count", task_options={"max_len": 5, "frame": True, "name": "w"}, model="gpt2", align=False,
     teacher_max_seq_len=9, steps=7, batch_size=3, text_batch_size=5, text_seq_len=17, n_train=99, corpus="c.txt",
     seed=4, align_weight=2.5, kl_weight=0.5, layer_offset=1, layer_stride=2, per_layer_adapter=True, intervene_at=3,
-    align_exclude=("indices", "need@1"), marker_weight=3.0, lr=2e-5, adapter_lr=3e-3, weight_decay=0.1,
-    warmup_steps=2, adapter_warmup_steps=1, schedule="cosine", grad_clip=0.5, dtype="bfloat16", remat=True,
-    mesh_data=2, mesh_fsdp=2, checkpoint_every=3, keep_checkpoints=5, log_every=2)
+    align_exclude=("indices", "need@1"), marker_weight=3.0, align_per_variable=True, lr=2e-5, adapter_lr=3e-3,
+    weight_decay=0.1, warmup_steps=2, adapter_warmup_steps=1, schedule="cosine", grad_clip=0.5, dtype="bfloat16",
+    remat=True, mesh_data=2, mesh_fsdp=2, checkpoint_every=3, keep_checkpoints=5, log_every=2)
 
 
 def test_every_config_field_is_a_train_option_that_parses_back():
