@@ -120,8 +120,10 @@ def block_cosine_distance(a: jax.Array, b: jax.Array, member: jax.Array,
     block membership `member` [V, D]. A zero target block (a variable not written yet, an aggregate that
     selected nothing, a left-out dimension) has no direction to match."""
     dot = (a * b) @ member.T
-    norms = jnp.sqrt(((a * a) @ member.T) * ((b * b) @ member.T))
-    return 1.0 - dot / jnp.maximum(norms, eps), (b * b) @ member.T > eps
+    sq_b = (b * b) @ member.T
+    # the clamp sits inside the square root: sqrt'(0) is infinite, and inf * 0 would put NaN in the gradient
+    norms = jnp.sqrt(jnp.maximum(((a * a) @ member.T) * sq_b, eps * eps))
+    return 1.0 - dot / norms, sq_b > eps
 
 
 def alignment_position_weights(real_mask: jax.Array, marker_index: jax.Array, marker_weight: float) -> jax.Array:

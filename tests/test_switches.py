@@ -3,6 +3,7 @@ dimensions, the marker weight, the adapter-only warm-up, and the framed/BOS prom
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import jax
@@ -153,6 +154,15 @@ def test_per_variable_alignment_weighs_a_smeared_count_like_any_other_variable()
     empty[5:] = 0.0
     _, live = obj.block_cosine_distance(jnp.asarray(smeared), jnp.asarray(empty), jnp.asarray(member))
     np.testing.assert_array_equal(live, [True, False, True])
+    # and its gradient stays finite (a square root at 0 would give inf * 0 = NaN), also for an empty student block
+
+    def loss(x, target):
+        dist, live = obj.block_cosine_distance(x, target, jnp.asarray(member))
+        return jnp.sum(dist * live)
+
+    for x in (smeared, np.where(np.arange(13) >= 5, 0.0, smeared).astype(np.float32)):
+        grad = jax.grad(loss)(jnp.asarray(x), jnp.asarray(empty))
+        assert np.all(np.isfinite(grad)), grad
 
 
 def test_per_variable_alignment_in_the_step(comps):
@@ -256,3 +266,12 @@ def test_balance_program_teacher_agrees_with_the_oracle():
     assert verify_teacher(teacher, n_random=40).ok
     with pytest.raises(ValueError, match="program 'nope' is unknown"):
         get_task("shuffle-dyck", program="nope")
+
+
+def test_per_variable_alignment_trains_to_finite_numbers(comps, tmp_path):
+    from jinject.trainer import train
+
+    train(tiny.config(steps=3, checkpoint_every=3, log_every=1, align_per_variable=True), tmp_path / "run",
+          components=comps, progress=False)  # a NaN anywhere stops the run with TrainingDiverged
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(logged) == 3 and all(np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"]) for r in logged)
