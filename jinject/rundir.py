@@ -17,7 +17,7 @@ are checked before they are written and before they are trusted.
   dropping a history it cannot redo: when a run restarts from step 0 over an old log, the old log is kept
   aside under a new name and the user is told.
 
-Longer than most modules (~420 lines) on purpose: every rule that keeps a run directory trustworthy lives
+Longer than most modules (~430 lines) on purpose: every rule that keeps a run directory trustworthy lives
 here, each with its own failure message, so a reader checks the integrity story in one place.
 """
 
