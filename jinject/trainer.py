@@ -239,8 +239,8 @@ def _check_disk_for_checkpoints(out: Path, state: TrainState, start: int, config
     free = rundir.free_bytes(out)
     if free < peak:
         say(f"jinject train: warning: this run's checkpoints will need up to {rundir.gigabytes(peak)} "
-                   f"more disk and {out} has {rundir.gigabytes(free)} free; training stops with the last good "
-                   "checkpoint kept if the next one does not fit (lower --keep-checkpoints to need less)")
+            f"more disk and {out} has {rundir.gigabytes(free)} free; training stops with the last good "
+            "checkpoint kept if the next one does not fit (lower --keep-checkpoints to need less)")
 
 
 def load_run(out: str | Path, step: int | None = None, components: tuple | None = None,
