@@ -102,7 +102,7 @@ def encode_examples(
             fix = ("; compile the teacher with a larger max_seq_len or generate shorter examples"
                    if not (why.limit or why.unknown) else "")
             raise ValueError(f"example {e.problem!r} does not fit the teacher: {why}{fix}")
-    longest = max(e.n_pieces for e in examples)
+    longest = max(len(e.prompt_pieces) + len(e.answer_pieces) for e in examples)
     if seq_len is None:  # round up for fewer recompiles, but never past what the teacher's positions hold
         seq_len = round_up(longest) if teacher is None else min(round_up(longest), teacher.max_seq_len)
     if longest > seq_len:
