@@ -3,6 +3,7 @@
     python experiments/ablation.py                         # every configuration, seeds 0 and 1
     python experiments/ablation.py --configs all-fixes+stride2 baseline+frame-bos --seeds 2
     python experiments/ablation.py --aggregate-only        # tables from finished runs
+    python experiments/ablation.py --task count --seeds 0  # the chosen settings' parts on another task
 
 Every configuration is the `cpu` preset's shuffle-dyck run (smollm2-135m, 300 steps, inputs of up to 12
 brackets) with a few settings changed; each trains into OUT/runs/<config>-s<seed> (resumable, like
@@ -15,6 +16,10 @@ every teacher dimension aligned, bare symbols, adapter lr 10x the student's, uni
 "+fix" changes one thing on top of it. CHOSEN (all-fixes+stride2) was chosen by in-distribution signals
 only (held-out test accuracy, alignment, decoding of every variable; results/ablation/README.md) and is
 now the cpu preset's setting; "baseline+frame-bos" is its matching baseline (same prompts).
+
+`--task count` / `--task int-sum` run the configurations that do not depend on the dyck teacher (no fixed
+hidden index, no dyck program) into results/ablation-<task>: the chosen settings with the intervention or
+the alignment or the warm-up taken out, to measure which part costs those tasks their accuracy.
 """
 
 from __future__ import annotations
@@ -70,24 +75,41 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                        {**CHOSEN_FIELDS, "align_per_variable": True}),
     "baseline+frame-bos": ("the baseline on the framed prompts (the cpu preset's baseline run)",
                            {**CHOSEN_FIELDS, "baseline": True}),
+    "all-fixes+stride2-intervene": ("the chosen settings without the intervention (alignment only); run after "
+                                    "the freeze, to find what costs count / int-sum their accuracy",
+                                    {**CHOSEN_FIELDS, "intervene": False}),
+    "all-fixes+stride2-align": ("the chosen settings without the alignment (intervention through a random "
+                                "subspace); run after the freeze, like the row above",
+                                {**CHOSEN_FIELDS, "align": False}),
+    "all-fixes+stride2-warmup": ("the chosen settings without the 30 adapter-only steps; run after the freeze, "
+                                 "like the row above", {**CHOSEN_FIELDS, "adapter_warmup_steps": 0}),
 }
+# configurations tied to the 4-layer dyck teacher (a fixed intervention index, the dyck program)
+DYCK_ONLY = {n for n, (_, o) in CONFIGS.items() if "intervene_at" in o or "program" in o.get("task_options", {})}
 DEFAULT_ORDER = ["all-fixes", "baseline", "all-fixes+stride2", "all-fixes+stride2+balance", "today", "+placement",
                  "+feasible", "+frame-bos",
                  "+adapter-warmup", "+adapter-ratio", "+marker-weight", "+stride2", "align-only", "intervene-only",
                  "baseline+frame-bos", "all-fixes+stride4",
                  "all-fixes+stride2+per-variable"]
+# on another task: the chosen settings, each part taken out, and the matching baseline
+OTHER_TASK_ORDER = ["all-fixes+stride2-intervene", "all-fixes+stride2-align", "all-fixes+stride2-warmup",
+                    CHOSEN, "baseline+frame-bos"]
 TASK = "shuffle-dyck"
 
 
-def make_config(preset: dict[str, Any], name: str, seed: int):
+def make_config(preset: dict[str, Any], name: str, seed: int, task: str = TASK):
     from jinject.config import TrainConfig
 
+    if task != TASK and name in DYCK_ONLY:
+        raise ValueError(f"configuration {name!r} is tied to the shuffle-dyck teacher (a fixed hidden index or the "
+                         f"dyck program) and cannot run on {task!r}; on other tasks run one of "
+                         f"{sorted(set(CONFIGS) - DYCK_ONLY)}")
     _, overrides = CONFIGS[name]
     # the preset now carries the chosen settings: every configuration starts from the objective before them
-    base = {**preset["train"], **preset["tasks"][TASK], **BEFORE}
-    task_options = {k: v for k, v in preset["tasks"][TASK].get("task_options", {}).items() if k not in FRAMED}
+    base = {**preset["train"], **preset["tasks"][task], **BEFORE}
+    task_options = {k: v for k, v in preset["tasks"][task].get("task_options", {}).items() if k not in FRAMED}
     task_options.update(overrides.get("task_options", {}))
-    fields = {**base, **overrides, "task_options": task_options, "task": TASK, "seed": seed}
+    fields = {**base, **overrides, "task_options": task_options, "task": task, "seed": seed}
     return TrainConfig(**fields)
 
 
@@ -145,7 +167,7 @@ def collect(out: Path) -> dict[str, list[dict[str, float]]]:
     return by_config
 
 
-def write_tables(out: Path, by_config: dict[str, list[dict[str, float]]]) -> Path:
+def write_tables(out: Path, by_config: dict[str, list[dict[str, float]]], task: str = TASK) -> Path:
     names = [n for n in CONFIGS if n in by_config]
     columns: list[str] = []
     for n in names:
@@ -160,7 +182,8 @@ def write_tables(out: Path, by_config: dict[str, list[dict[str, float]]]) -> Pat
         digits = 0 if col.endswith(" s") else 2 if col == "retention/ppl_trained" else 4 if "kl" in col else 3
         return f"{m:.{digits}f} ± {s:.{digits}f}"
 
-    lines = ["# shuffle-dyck ablation (cpu preset: smollm2-135m, 300 steps, inputs of up to 12 brackets)", "",
+    inputs = ", inputs of up to 12 brackets" if task == TASK else ""
+    lines = [f"# {task} ablation (cpu preset: smollm2-135m, 300 steps{inputs})", "",
              "Mean ± sample std over seeds. Generated by `experiments/ablation.py` from every eval.json under "
              "`runs/`. Accuracy: greedy exact match (200 examples per split). `dec VAR`: decoding accuracy of "
              "the variable at the layer that writes it, every position; `dec@? VAR`: the same at the marker "
@@ -199,8 +222,11 @@ def write_tables(out: Path, by_config: dict[str, list[dict[str, float]]]) -> Pat
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/ablation")
-    parser.add_argument("--configs", nargs="+", default=DEFAULT_ORDER, choices=list(CONFIGS))
+    parser.add_argument("--task", default=TASK, help="shuffle-dyck (default) or another task of the cpu preset")
+    parser.add_argument("--out", help="default: results/ablation, or results/ablation-<task> for another task")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS),
+                        help="default: every configuration on shuffle-dyck; on another task the chosen settings "
+                             "with each part taken out, and the matching baseline")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--aggregate-only", action="store_true")
     parser.add_argument("--in-process", action="store_true",
@@ -208,24 +234,30 @@ def main(argv: list[str] | None = None) -> int:
                              "returned between runs)")
     args = parser.parse_args(argv)
     preset = load_preset("cpu")
-    out = Path(args.out)
+    if args.task not in preset["tasks"]:
+        parser.error(f"--task {args.task!r}: the cpu preset has no such task; choose one of {sorted(preset['tasks'])}")
+    configs = args.configs or (DEFAULT_ORDER if args.task == TASK else OTHER_TASK_ORDER)
+    if args.task != TASK and set(configs) & DYCK_ONLY:
+        parser.error(f"--configs {sorted(set(configs) & DYCK_ONLY)} are tied to the shuffle-dyck teacher; on "
+                     f"--task {args.task} choose among {sorted(set(CONFIGS) - DYCK_ONLY)}")
+    out = Path(args.out or ("results/ablation" if args.task == TASK else f"results/ablation-{args.task}"))
     out.mkdir(parents=True, exist_ok=True)
     if not args.aggregate_only:
         eval_kwargs = dict(preset.get("eval", {}))
         eval_kwargs["noise_norms"] = tuple(float(x) for x in eval_kwargs.get("noise_norms", (0, 5, 10, 30)))
-        jobs = [(n, s) for s in args.seeds for n in args.configs]
+        jobs = [(n, s) for s in args.seeds for n in configs]
         for k, (name, seed) in enumerate(jobs, 1):
             print(f"[{k}/{len(jobs)}] {name} seed {seed} ({time.strftime('%H:%M:%S')})", flush=True)
             if not args.in_process:
-                subprocess.run([sys.executable, __file__, "--out", str(out), "--configs", name, "--seeds", str(seed),
-                                "--in-process"], check=False)
+                subprocess.run([sys.executable, __file__, "--task", args.task, "--out", str(out), "--configs", name,
+                                "--seeds", str(seed), "--in-process"], check=False)
                 continue
             try:
-                run_one(make_config(preset, name, seed), out / "runs" / f"{name}-s{seed}", eval_kwargs)
+                run_one(make_config(preset, name, seed, args.task), out / "runs" / f"{name}-s{seed}", eval_kwargs)
             except Exception:  # one failed run must not stop the queue; its traceback stays in the log
                 traceback.print_exc()
-            write_tables(out, collect(out))
-    path = write_tables(out, collect(out))
+            write_tables(out, collect(out), args.task)
+    path = write_tables(out, collect(out), args.task)
     if not args.in_process:
         print(path.read_text())
     return 0

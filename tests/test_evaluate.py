@@ -512,8 +512,9 @@ def _ablation_module():
     return mod
 
 
-def test_ablation_configs_and_table(tmp_path):
+def test_ablation_configs_and_table(tmp_path, capsys):
     abl = _ablation_module()
+    cmp = _compare_module()
     preset = abl.load_preset("cpu")
     for name in abl.CONFIGS:  # every configuration is a valid TrainConfig on the cpu preset's dyck run
         cfg = abl.make_config(preset, name, 0)
@@ -522,8 +523,20 @@ def test_ablation_configs_and_table(tmp_path):
     assert abl.make_config(preset, "+frame-bos", 1).task_options["bos"] is True
     assert abl.make_config(preset, "baseline", 0).variant == "baseline"
     assert abl.make_config(preset, "today", 0).layer_stride == 1  # the ablation starts from before the choice
+    # on another task: the chosen settings with one part taken out; the dyck-bound rows refuse with the fix
+    count = abl.make_config(preset, "all-fixes+stride2-intervene", 0, "count")
+    assert (count.task, count.intervene, count.align, count.layer_stride) == ("count", False, True, 2)
+    assert count.task_options["bos"] is True and count.task_options["max_len"] == preset["tasks"]["count"][
+        "task_options"]["max_len"]
+    assert abl.make_config(preset, "all-fixes+stride2-warmup", 0, "count").adapter_warmup_steps == 0
+    assert abl.make_config(preset, abl.CHOSEN, 1, "count") == cmp.make_config(preset, "count", "injected", 1)
+    for name in ("today", "+stride2", "all-fixes+stride2+balance"):
+        with pytest.raises(ValueError, match="tied to the shuffle-dyck teacher.*all-fixes\\+stride2-align"):
+            abl.make_config(preset, name, 0, "count")
+    with pytest.raises(SystemExit):
+        abl.main(["--task", "count", "--configs", "today", "--aggregate-only", "--out", str(tmp_path / "c")])
+    assert "tied to the shuffle-dyck teacher" in capsys.readouterr().err
     # the preset runs exactly the chosen configuration, and its baseline the matching ablation baseline
-    cmp = _compare_module()
     assert abl.make_config(preset, abl.CHOSEN, 2) == cmp.make_config(preset, "shuffle-dyck", "injected", 2)
     assert abl.make_config(preset, "baseline+frame-bos", 2) == cmp.make_config(preset, "shuffle-dyck", "baseline", 2)
     from jinject.demo import DEMO, DEMO_EVAL, demo_config
