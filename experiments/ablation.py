@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import flatten, load_preset, mean_std, run_one  # noqa: E402
+from compare import describe_exit, flatten, load_preset, mean_std, run_one  # noqa: E402
 
 TODAY = {"intervene_at": 4, "align_exclude": []}  # the 4-layer dyck teacher: top aligned state = hidden 4
 FRAMED = {"frame": True, "bos": True}
@@ -249,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         for k, (name, seed) in enumerate(jobs, 1):
             print(f"[{k}/{len(jobs)}] {name} seed {seed} ({time.strftime('%H:%M:%S')})", flush=True)
             if not args.in_process:
-                subprocess.run([sys.executable, __file__, "--task", args.task, "--out", str(out), "--configs", name,
-                                "--seeds", str(seed), "--in-process"], check=False)
+                child = subprocess.run([sys.executable, __file__, "--task", args.task, "--out", str(out), "--configs",
+                                        name, "--seeds", str(seed), "--in-process"], check=False)
+                if child.returncode != 0:  # the queue goes on; say why this one stopped
+                    print(f"ablation: {name} seed {seed} failed ({describe_exit(child.returncode)})", flush=True)
                 continue
             try:
                 run_one(make_config(preset, name, seed, args.task), out / "runs" / f"{name}-s{seed}", eval_kwargs)

@@ -260,6 +260,18 @@ def _ood_figure(out: Path, task: str, records: list[dict[str, Any]]) -> Path | N
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
+def describe_exit(returncode: int) -> str:
+    """Why a run's process ended, in words: a SIGKILL is almost always the out-of-memory killer, which leaves
+    no traceback in the log."""
+    import signal
+
+    if returncode >= 0:
+        return f"exit {returncode}"
+    name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else f"signal {-returncode}"
+    hint = " (on Linux usually the out-of-memory killer: run fewer jobs at once)" if name == "SIGKILL" else ""
+    return f"killed by {name}{hint}; rerunning resumes it from its last checkpoint"
+
+
 def run_in_parallel(jobs: list[tuple[str, str, int]], args: argparse.Namespace, out: Path, preset: dict) -> None:
     """Each run in its own process on one core (XLA single-threaded), `args.jobs` at a time; a failed run is
     reported and the others go on (rerunning resumes it)."""
@@ -288,7 +300,8 @@ def run_in_parallel(jobs: list[tuple[str, str, int]], args: argparse.Namespace, 
             time.sleep(5)
             continue
         if finished.returncode != 0:
-            print(f"compare: a run failed (exit {finished.returncode}): {' '.join(finished.args[-8:])}", flush=True)
+            print(f"compare: a run failed ({describe_exit(finished.returncode)}): {' '.join(finished.args[-8:])}",
+                  flush=True)
         del running[finished]
         write_tables(out, collect(out), preset)
 

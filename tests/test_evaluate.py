@@ -581,6 +581,18 @@ def test_compare_keeps_only_the_final_checkpoint_of_an_evaluated_run(tmp_path):
     assert (ckpt / "100" / "data").read_bytes() == b"x"
 
 
+def test_a_run_killed_without_a_traceback_is_named_in_the_log():
+    """The out-of-memory killer's SIGKILL leaves no traceback: the queue's line has to say what happened."""
+    import subprocess
+    import sys
+
+    killed = subprocess.run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    why = _compare_module().describe_exit(killed.returncode)
+    assert why.startswith("killed by SIGKILL") and "out-of-memory" in why and "resumes" in why
+    assert _compare_module().describe_exit(subprocess.run([sys.executable, "-c", "raise SystemExit(2)"]).returncode) \
+        == "exit 2"
+
+
 def test_generation_accuracy_with_the_real_kv_cached_generate():
     """On a random tiny Llama, the jitted KV-cached generate and a plain argmax loop score the same answers
     (batching sorts prompts by length and pads the last batch: neither may change a row's output)."""
