@@ -569,6 +569,17 @@ def test_ablation_configs_and_table(tmp_path, capsys):
     assert "0.200 ± 0.000 | 0.900 ± 0.000" in md and "| 0.400 ± 0.000 |" in md  # causal; align sum
 
 
+def test_the_committed_results_page_carries_the_committed_notes():
+    """results.md is what readers open; after editing notes.md the tables must be rebuilt
+    (`python experiments/compare.py --preset cpu --aggregate-only`), or the page says something stale."""
+    from pathlib import Path
+
+    out = Path(__file__).resolve().parents[1] / "results" / "cpu"
+    if not (out / "notes.md").exists():
+        pytest.skip("no committed cpu results")
+    assert (out / "notes.md").read_text().strip() in (out / "results.md").read_text()
+
+
 def test_compare_keeps_only_the_final_checkpoint_of_an_evaluated_run(tmp_path):
     ckpt = tmp_path / "checkpoints"
     for name in ("50", "100", "corrupt-100"):
