@@ -237,9 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.task not in preset["tasks"]:
         parser.error(f"--task {args.task!r}: the cpu preset has no such task; choose one of {sorted(preset['tasks'])}")
     configs = args.configs or (DEFAULT_ORDER if args.task == TASK else OTHER_TASK_ORDER)
-    if args.task != TASK and set(configs) & DYCK_ONLY:
-        parser.error(f"--configs {sorted(set(configs) & DYCK_ONLY)} are tied to the shuffle-dyck teacher; on "
-                     f"--task {args.task} choose among {sorted(set(CONFIGS) - DYCK_ONLY)}")
+    try:  # every configuration is checked before the first run starts
+        for name in configs:
+            make_config(preset, name, 0, args.task)
+    except ValueError as err:
+        parser.error(str(err))
     out = Path(args.out or ("results/ablation" if args.task == TASK else f"results/ablation-{args.task}"))
     out.mkdir(parents=True, exist_ok=True)
     if not args.aggregate_only:
