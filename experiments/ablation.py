@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import describe_exit, flatten, load_preset, mean_std, run_one  # noqa: E402
+from compare import describe_exit, flatten, load_eval, load_preset, mean_std, run_one  # noqa: E402
 
 TODAY = {"intervene_at": 4, "align_exclude": []}  # the 4-layer dyck teacher: top aligned state = hidden 4
 FRAMED = {"frame": True, "bos": True}
@@ -156,7 +156,7 @@ def collect(out: Path) -> dict[str, list[dict[str, float]]]:
         name, _, seed = path.parent.name.rpartition("-s")
         if name not in CONFIGS:
             continue
-        cols = summary_columns(json.loads(path.read_text()))
+        cols = summary_columns(load_eval(path))
         align = final_alignment(path.parent)
         if align is not None:
             cols["align sum (train)"] = sum(align)

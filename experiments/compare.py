@@ -84,7 +84,7 @@ def run_one(config: Any, directory: Path, eval_kwargs: dict[str, Any], component
         log(f"  {directory.name}: trained {config.steps} steps in {time.perf_counter() - t0:.0f} s")
     t1 = time.perf_counter()
     results = evaluate_run(run, out=directory, **eval_kwargs)
-    results["run"]["train_seconds"] = round(t1 - t0, 1)
+    results["run"]["train_seconds"] = train_loop_seconds(directory)
     results["run"]["eval_seconds"] = round(time.perf_counter() - t1, 1)
     from jinject.rundir import finite_or_none
 
@@ -106,6 +106,29 @@ def keep_final_checkpoint(ckpt: Path, final: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ tables
+
+
+def train_loop_seconds(directory: Path) -> float | None:
+    """The seconds the run's steps took, summed over every session that trained it: a resumed run's own
+    call sees only its last part (one run resumed near its end once reported 16 s instead of 852 s). It is
+    the sum of the per-step times in metrics.jsonl, the steps the final run kept (redone ones once), without
+    the minute of loading and compiling before the first step."""
+    path = directory / "metrics.jsonl"
+    if not path.exists():
+        return None
+    times = [json.loads(line).get("time") for line in path.read_text().splitlines() if line.strip()]
+    times = [t for t in times if t is not None]
+    return round(sum(times), 1) if times else None
+
+
+def load_eval(path: Path) -> dict[str, Any]:
+    """One run's eval.json, with its training time recounted from metrics.jsonl (older eval.json files
+    stored the last session's time only)."""
+    results = json.loads(path.read_text())
+    seconds = train_loop_seconds(path.parent)
+    if seconds is not None:
+        results.setdefault("run", {})["train_seconds"] = seconds
+    return results
 
 
 def flatten(results: dict[str, Any]) -> dict[str, float]:
@@ -144,6 +167,9 @@ def flatten(results: dict[str, Any]) -> dict[str, float]:
             for f, a, r in zip(rel["fractions"], rel["answer_subspace"], rel["random_subspace"], strict=True):
                 flat[f"causal/noise {f:g}x residual norm: answer subspace"] = a
                 flat[f"causal/noise {f:g}x residual norm: random subspace"] = r
+    for k in ("train_seconds", "eval_seconds"):
+        if results.get("run", {}).get(k) is not None:
+            flat[f"time/{k.replace('_', ' ')}"] = results["run"][k]
     return flat
 
 
@@ -158,7 +184,7 @@ def collect(out: Path) -> list[dict[str, Any]]:
     """Every evaluated run under OUT/runs as {task, variant, seed, step, metrics}."""
     records = []
     for path in sorted((out / "runs").glob("*/eval.json")):
-        res = json.loads(path.read_text())
+        res = load_eval(path)
         r = res.get("run", {})
         records.append({"task": r.get("task"), "variant": "baseline" if r.get("baseline") else "injected",
                         "seed": r.get("seed"), "step": r.get("step"), "metrics": flatten(res), "eval": res})
@@ -183,7 +209,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if vals:
                 m, s = mean_std(vals)
                 row.update({f"{variant}_mean": m, f"{variant}_std": s, f"{variant}_n": len(vals)})
-    group = {"accuracy": 0, "retention": 1, "decoding": 2, "causal": 3}
+    group = {"accuracy": 0, "retention": 1, "decoding": 2, "causal": 3, "time": 4}
     return sorted(rows.values(), key=lambda r: (r["task"], group.get(r["metric"].split("/")[0], 9)))
 
 
@@ -191,7 +217,8 @@ def _cell(row: dict[str, Any], variant: str) -> str:
     if f"{variant}_mean" not in row:
         return "—"
     m, s, n = row[f"{variant}_mean"], row[f"{variant}_std"], row[f"{variant}_n"]
-    digits = 2 if "ppl" in row["metric"] else 4 if row["metric"].endswith("/kl") else 3
+    metric = row["metric"]
+    digits = 0 if metric.startswith("time/") else 2 if "ppl" in metric else 4 if metric.endswith("/kl") else 3
     return f"{m:.{digits}f} ± {s:.{digits}f} (n={n})"
 
 

@@ -465,7 +465,8 @@ def test_compare_tables_mean_and_std_over_seeds(tmp_path):
 
     def fake_eval(variant, seed, acc):
         injected = variant == "injected"
-        return {"run": {"task": "parity", "baseline": not injected, "seed": seed, "step": 5},
+        return {"run": {"task": "parity", "baseline": not injected, "seed": seed, "step": 5,
+                        "train_seconds": 16.0, "eval_seconds": 90.0},  # 16 s: a resumed call's own part
                 "accuracy": {"test": {"accuracy": acc, "n": 10}, "ood": {"accuracy": acc / 2, "n": 10}},
                 "retention": {"ppl_original": 20.0, "ppl_trained": 21.0 + seed, "kl": 0.01, "n_tokens": 64},
                 "decoding": {"mean": 0.9, "answer_var": "p", "student_index": [0, 1],
@@ -478,6 +479,10 @@ def test_compare_tables_mean_and_std_over_seeds(tmp_path):
             d = cmp.run_dir(tmp_path, "parity", variant, seed)
             d.mkdir(parents=True)
             (d / "eval.json").write_text(json.dumps(fake_eval(variant, seed, acc)))
+            if variant == "injected":  # the steps of every session, as the trainer logs them
+                times = (400.0, 300.0, 152.0 - 4 * seed)
+                (d / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "time": t}) + "\n"
+                                                         for i, t in enumerate(times)))
     records = cmp.collect(tmp_path)
     assert len(records) == 4
     rows = {r["metric"]: r for r in cmp.summarise(records)}
@@ -491,6 +496,9 @@ def test_compare_tables_mean_and_std_over_seeds(tmp_path):
     assert "Status: two of three seeds." in md
     assert "| accuracy/test | 0.900 ± 0.141 (n=2) | 0.600 ± 0.141 (n=2) |" in md
     assert "| causal/noise 5: answer subspace | 0.100 ± 0.000 (n=2) | — |" in md
+    # the training time counts every session of a resumed run (from metrics.jsonl), not the last call's
+    assert "| time/train seconds | 850 ± 3 (n=2) | 16 ± 0 (n=2) |" in md
+    assert "| time/eval seconds | 90 ± 0 (n=2) | 90 ± 0 (n=2) |" in md
     assert (tmp_path / "ood_parity.png").exists()
     import csv
 
