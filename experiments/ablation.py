@@ -131,10 +131,9 @@ def summary_columns(results: dict[str, Any]) -> dict[str, float]:
         for f, a, r in zip(rel["fractions"], rel["answer_subspace"], rel["random_subspace"], strict=True):
             cols[f"causal {f:g}x ans"] = a
             cols[f"causal {f:g}x rand"] = r
-    run = results.get("run", {})
-    if run.get("train_seconds") is not None:
-        cols["train s"] = run["train_seconds"]
-        cols["eval s"] = run["eval_seconds"]
+    for key, col in (("time/train seconds", "train s"), ("time/eval seconds", "eval s")):  # flatten's time rows
+        if key in flat:
+            cols[col] = flat[key]
     return cols
 
 
