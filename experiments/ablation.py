@@ -83,6 +83,10 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                 {**CHOSEN_FIELDS, "align": False}),
     "all-fixes+stride2-warmup": ("the chosen settings without the 30 adapter-only steps; run after the freeze, "
                                  "like the row above", {**CHOSEN_FIELDS, "adapter_warmup_steps": 0}),
+    "all-fixes+stride2+gate": ("the chosen settings, intervening only on batches whose answer the subspace already "
+                               "reads at the marker for >= 0.95 of the examples (the decoding target); run after "
+                               "the freeze, because count's subspace holds its answer only approximately",
+                               {**CHOSEN_FIELDS, "intervene_gate": 0.95}),
 }
 # configurations tied to the 4-layer dyck teacher (a fixed intervention index, the dyck program)
 DYCK_ONLY = {n for n, (_, o) in CONFIGS.items() if "intervene_at" in o or "program" in o.get("task_options", {})}
@@ -90,10 +94,10 @@ DEFAULT_ORDER = ["all-fixes", "baseline", "all-fixes+stride2", "all-fixes+stride
                  "+feasible", "+frame-bos",
                  "+adapter-warmup", "+adapter-ratio", "+marker-weight", "+stride2", "align-only", "intervene-only",
                  "baseline+frame-bos", "all-fixes+stride4",
-                 "all-fixes+stride2+per-variable"]
+                 "all-fixes+stride2+per-variable", "all-fixes+stride2+gate"]
 # on another task: the chosen settings, each part taken out, and the matching baseline
 OTHER_TASK_ORDER = ["all-fixes+stride2-intervene", "all-fixes+stride2-align", "all-fixes+stride2-warmup",
-                    CHOSEN, "baseline+frame-bos"]
+                    "all-fixes+stride2+gate", CHOSEN, "baseline+frame-bos"]
 TASK = "shuffle-dyck"
 
 

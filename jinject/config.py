@@ -68,6 +68,11 @@ class TrainConfig:
     intervene_at: int | None = _opt(
         None, metavar="HIDDEN_INDEX", help="student hidden-state index of the intervention (default: the output of "
         "the block after the top aligned layer, the original's placement)")
+    # the intervention acts on a batch only when the aligned answer subspace already holds the answer there;
+    # without the intervention (align-only, baseline) there is nothing to gate
+    intervene_gate: float = _opt(
+        0.0, metavar="FRACTION", help="intervene on a batch only when the answer read through the adapter at the "
+        "intervention site, at the marker, is the teacher's for at least this fraction of its examples (0: always)")
     # teacher residual dimensions left out of the alignment: "VAR" (every layer) or "VAR@LAYER" (one teacher
     # layer), VAR a residual label's variable ("indices", "need", ...); None = "auto" (see objective.auto_exclude)
     align_exclude: tuple[str, ...] | None = _opt(
@@ -130,6 +135,12 @@ class TrainConfig:
             raise ValueError(f"layer_offset must be >= 0, got {self.layer_offset}")
         if self.intervene_at is not None and self.intervene_at < 0:
             raise ValueError(f"intervene_at must be a student hidden-state index >= 0, got {self.intervene_at}")
+        if not 0.0 <= self.intervene_gate <= 1.0:
+            raise ValueError(f"intervene_gate is a fraction of a batch's examples, 0..1 (0: always intervene), "
+                             f"got {self.intervene_gate}")
+        if self.intervene_gate and self.intervene and not self.align:
+            raise ValueError("intervene_gate reads the answer through the adapter, which only the alignment trains: "
+                             "with --no-align, drop --intervene-gate")
         if self.adapter_warmup_steps and self.adapter_warmup_steps >= self.steps:
             raise ValueError(f"adapter_warmup_steps={self.adapter_warmup_steps} leaves no step for the student "
                              f"(steps={self.steps})")

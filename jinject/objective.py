@@ -208,6 +208,18 @@ def make_intervention(basis: jax.Array) -> Callable[[jax.Array], jax.Array]:
     return lambda h: detach_and_roll(h, basis)
 
 
+def marker_readout(adapter: Adapter, h: jax.Array, answer_dims: np.ndarray, layer: int, marker: jax.Array,
+                   teacher_top: jax.Array, valid: jax.Array) -> jax.Array:
+    """Fraction of examples whose answer, read through the adapter's map `layer` from `h` [B, T, D_s] at each
+    row's marker, is the teacher's (`teacher_top` [B, T+1, D_t], BOS first): the argmax over the answer's
+    one-hot. This is what the layers after the intervention can read; `valid` [B] weighs the rows."""
+    rows = jnp.arange(h.shape[0])
+    dims = np.asarray(answer_dims)
+    mapped = adapter_apply(adapter, h[rows, marker], layer)[:, dims]
+    target = teacher_top[rows, marker + 1][:, dims]
+    return masked_mean((mapped.argmax(-1) == target.argmax(-1)).astype(jnp.float32), valid)
+
+
 def answer_cross_entropy(logits: jax.Array, targets: jax.Array, answer_mask: jax.Array) -> jax.Array:
     """Mean next-token cross-entropy over answer positions only (0 when there are none)."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

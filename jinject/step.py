@@ -176,6 +176,10 @@ def make_loss_fn(graphdef: nnx.GraphDef, teacher: Teacher | None, config: TrainC
         top = teacher.n_layers
         intervened_top = config.intervene and plan.intervene_at == model_config.n_layers
         dim_weights = None if plan.dim_weights.all() else jnp.asarray(plan.dim_weights)
+        categorical_answer = teacher.var_info[teacher.answer_var].categorical
+        if config.intervene and config.intervene_gate and not categorical_answer:
+            raise ValueError(f"intervene_gate reads the answer as the argmax of its one-hot, but this program's "
+                             f"answer {teacher.answer_var!r} is numerical: drop --intervene-gate")
     if residuals is None:
         residuals = lambda params, batch: teacher_residuals(teacher, params, batch["teacher_ids"])
 
@@ -184,14 +188,28 @@ def make_loss_fn(graphdef: nnx.GraphDef, teacher: Teacher | None, config: TrainC
         metrics: dict[str, jax.Array] = {}
         align = jnp.zeros(())
         hook = {}
-        if config.intervene:
-            basis = obj.answer_subspace_basis(trainable["adapter"], answer_dims, top)
-            hook = {"intervene": obj.make_intervention(basis), "intervene_at": plan.intervene_at}
-        out = student(batch["inputs"], **hook)
         if config.align:
             resid = jax.lax.stop_gradient(residuals(frozen["teacher"], batch))
-            weights = obj.alignment_position_weights(batch["real_mask"], batch["answer_index"][:, 0],
-                                                     config.marker_weight)
+            marker = batch["answer_index"][:, 0]
+            readout = partial(obj.marker_readout, trainable["adapter"], answer_dims=answer_dims, layer=top,
+                              marker=marker, teacher_top=resid[top], valid=batch["answer_valid"][:, 0])
+        if config.intervene:
+            basis = obj.answer_subspace_basis(trainable["adapter"], answer_dims, top)
+            roll = obj.make_intervention(basis)
+            if config.align and config.intervene_gate:
+                # decided on this batch from the state the intervention would cut: no Python, no state
+                roll = lambda h, roll=roll: jnp.where(jax.lax.stop_gradient(readout(h)) >= config.intervene_gate,
+                                                      roll(h), h)
+            hook = {"intervene": roll, "intervene_at": plan.intervene_at}
+        out = student(batch["inputs"], **hook)
+        if config.align:
+            if categorical_answer:
+                # the recorded hidden state predates the intervention: the readout the gate saw
+                at_site = jax.lax.stop_gradient(readout(out.hidden_states[plan.intervene_at]))
+                metrics["answer_readout"] = at_site
+                if config.intervene:
+                    metrics["intervened"] = (at_site >= config.intervene_gate).astype(jnp.float32)
+            weights = obj.alignment_position_weights(batch["real_mask"], marker, config.marker_weight)
             per_layer = obj.alignment_losses(trainable["adapter"], out.hidden_states, resid, plan.student_index,
                                              weights, dim_weights, plan.blocks)
             align = jnp.sum(per_layer)

@@ -113,7 +113,7 @@ def test_every_config_field_is_a_train_option_that_parses_back():
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert fields <= {a.dest for a in train_parser()._actions}
     configs = [EVERY_FIELD, TrainConfig(intervene=False), TrainConfig(baseline=True), TrainConfig(batch_size=16),
-               TrainConfig(align_exclude=()), DEMO]
+               TrainConfig(align_exclude=()), TrainConfig(intervene_gate=0.9), DEMO]
     changed = set()
     for config in configs:
         assert parse_train(train_argv(config)) == config, train_argv(config)

@@ -3,6 +3,7 @@ dimensions, the marker weight, the adapter-only warm-up, and the framed/BOS prom
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -87,6 +88,48 @@ def test_intervention_sits_at_the_configured_hidden_index(comps, monkeypatch):
     assert objective_plan(tiny.config(layer_offset=1), teacher, model.config).intervene_at == top + 2
     with pytest.raises(ValueError, match="intervene_at=99"):
         objective_plan(tiny.config(intervene_at=99), teacher, model.config)
+
+
+def test_marker_readout_compares_the_argmax_of_the_answer_at_each_rows_marker():
+    adapter = {"w": jnp.eye(3)[None], "b": jnp.zeros((1, 3))}  # identity: teacher space = student space
+    h = jnp.zeros((2, 4, 3)).at[0, 1].set(jnp.array([0.0, 0.2, 0.9])).at[1, 2].set(jnp.array([0.0, 0.9, 0.2]))
+    teacher = jnp.zeros((2, 5, 3)).at[0, 2, 2].set(1.0).at[1, 3, 2].set(1.0)  # BOS first: position t+1
+    answer_dims, marker = np.array([1, 2]), jnp.array([1, 2])
+    both = obj.marker_readout(adapter, h, answer_dims, 0, marker, teacher, jnp.ones(2))
+    assert float(both) == 0.5  # row 0 reads the teacher's value, row 1 the other one
+    assert float(obj.marker_readout(adapter, h, answer_dims, 0, marker, teacher, jnp.array([1.0, 0.0]))) == 1.0
+
+
+def test_intervention_gate_intervenes_only_on_a_batch_whose_answer_is_read(comps):
+    _, always = loss_and_metrics(comps)
+    _, align_only = loss_and_metrics(comps, intervene=False)
+    readout = float(always["answer_readout"])
+    assert 0.0 < readout < 1.0, "precondition: the fresh adapter reads some answers and misses others"
+    assert float(always["intervened"]) == 1.0
+    np.testing.assert_allclose(align_only["answer_readout"], readout)  # the same state, read before the cut
+    _, closed = loss_and_metrics(comps, intervene_gate=min(readout + 0.01, 1.0))
+    assert float(closed["intervened"]) == 0.0
+    np.testing.assert_allclose(closed["task"], align_only["task"], rtol=1e-6)
+    _, opened = loss_and_metrics(comps, intervene_gate=readout)
+    assert float(opened["intervened"]) == 1.0
+    np.testing.assert_allclose(opened["task"], always["task"], rtol=1e-6)
+    assert abs(float(always["task"]) - float(align_only["task"])) > 1e-4  # so the two cases differ
+
+
+def test_intervention_gate_refuses_what_it_cannot_read(comps):
+    _, teacher, model, _ = comps
+    info = teacher.var_info[teacher.answer_var]
+    numerical = dataclasses.replace(teacher, var_info={**teacher.var_info, teacher.answer_var:
+                                                       dataclasses.replace(info, encoding="numerical")})
+    with pytest.raises(ValueError, match="is numerical: drop --intervene-gate"):
+        make_loss_fn(nnx.graphdef(model), numerical, tiny.config(intervene_gate=0.5), model.config)
+    make_loss_fn(nnx.graphdef(model), numerical, tiny.config(), model.config)  # ungated: no readout to refuse
+    with pytest.raises(ValueError, match="fraction"):
+        TrainConfig(intervene_gate=1.5)
+    with pytest.raises(ValueError, match="with --no-align, drop --intervene-gate"):
+        TrainConfig(align=False, intervene_gate=0.9)
+    assert TrainConfig(baseline=True, intervene_gate=0.9).baseline  # a baseline derived from a gated run
+    assert TrainConfig(intervene=False, intervene_gate=0.9).variant == "align-only"
 
 
 def test_a_left_out_teacher_dimension_does_not_change_the_loss(comps):

@@ -23,7 +23,7 @@ from jinject.tasks.fit import check_teacher_size
 INT_FIELDS = ["steps", "batch_size", "text_batch_size", "text_seq_len", "n_train", "seed", "layer_offset",
               "layer_stride", "warmup_steps", "adapter_warmup_steps", "mesh_data", "mesh_fsdp", "checkpoint_every",
               "keep_checkpoints", "log_every"]
-FLOAT_FIELDS = ["align_weight", "kl_weight", "marker_weight", "lr", "adapter_lr", "weight_decay"]
+FLOAT_FIELDS = ["align_weight", "kl_weight", "marker_weight", "lr", "adapter_lr", "weight_decay", "intervene_gate"]
 BOOL_FIELDS = ["baseline", "align", "intervene", "per_layer_adapter", "align_per_variable", "remat"]
 OPTIONAL = {"teacher_max_seq_len": 8, "intervene_at": 3, "corpus": "text.txt", "grad_clip": 1.0,
             "align_exclude": ("indices",)}
