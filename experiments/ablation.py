@@ -141,16 +141,26 @@ def summary_columns(results: dict[str, Any]) -> dict[str, float]:
     return cols
 
 
-def final_alignment(directory: Path, last: int = 20) -> list[float] | None:
-    """Mean per-layer 1 - cos over the last `last` logged training steps."""
+def training_columns(directory: Path, last: int = 20) -> dict[str, float]:
+    """From metrics.jsonl: per-layer 1 - cos and the answer read through the adapter at the marker, each
+    averaged over the last `last` logged steps, and the fraction of all steps the intervention cut."""
     path = directory / "metrics.jsonl"
     if not path.exists():
-        return None
+        return {}
     recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    cols: dict[str, float] = {}
     rows = [r["align_per_layer"] for r in recs[-last:] if "align_per_layer" in r]
-    if not rows:
-        return None
-    return [sum(c) / len(c) for c in zip(*rows, strict=True)]
+    if rows:
+        align = [sum(c) / len(c) for c in zip(*rows, strict=True)]
+        cols["align sum (train)"] = sum(align)
+        cols.update({f"align t{i} (train)": a for i, a in enumerate(align)})
+    readout = [r["answer_readout"] for r in recs[-last:] if "answer_readout" in r]
+    if readout:
+        cols["readout@? answer (train)"] = sum(readout) / len(readout)
+    cut = [r["intervened"] for r in recs if "intervened" in r]
+    if cut:
+        cols["intervened steps (train)"] = sum(cut) / len(cut)
+    return cols
 
 
 def collect(out: Path) -> dict[str, list[dict[str, float]]]:
@@ -159,12 +169,7 @@ def collect(out: Path) -> dict[str, list[dict[str, float]]]:
         name, _, seed = path.parent.name.rpartition("-s")
         if name not in CONFIGS:
             continue
-        cols = summary_columns(load_eval(path))
-        align = final_alignment(path.parent)
-        if align is not None:
-            cols["align sum (train)"] = sum(align)
-            for i, a in enumerate(align):
-                cols[f"align t{i} (train)"] = a
+        cols = {**summary_columns(load_eval(path)), **training_columns(path.parent)}
         cols["seed"] = int(seed)
         by_config.setdefault(name, []).append(cols)
     return by_config
@@ -193,7 +198,10 @@ def write_tables(out: Path, by_config: dict[str, list[dict[str, float]]], task: 
              "(the last prompt token) only. Causal: teacher-forced exact match with noise of norm f x the median "
              "residual norm at the intervened hidden state, inside the answer subspace (ans) vs a random "
              "subspace of the same dimension (rand). `align tI (train)`: mean 1 - cos at teacher layer I over "
-             "the last 20 training steps (on the dimensions the run aligns).", "",
+             "the last 20 training steps (on the dimensions the run aligns). `readout@? answer (train)`: the "
+             "fraction of a batch whose answer, read through the adapter at the intervention site at the marker, "
+             "is the teacher's (last 20 steps); `intervened steps (train)`: the fraction of steps the intervention "
+             "cut (below 1 only with a gate).", "",
              "| config | what it tests | seeds |", "|---|---|---|"]
     for n in names:
         seeds = sorted(r["seed"] for r in by_config[n])
@@ -213,7 +221,9 @@ def write_tables(out: Path, by_config: dict[str, list[dict[str, float]]], task: 
             programs.setdefault(key, []).append(n)
     for cols, rows in programs.items():
         table("decoding" + (f" ({', '.join(rows)})" if len(programs) > 1 else ""), rows, list(cols))
-    for title, prefix in (("causal", "causal"), ("alignment", "align"), ("wall time", None)):
+    for title, prefix in (("causal", "causal"), ("alignment", "align"),
+                          ("answer readout at the marker and the intervention gate", ("readout", "intervened")),
+                          ("wall time", None)):
         cols = [c for c in columns if (c.startswith(prefix) if prefix else c.endswith(" s"))]
         rows = [n for n in names if any(c in r for r in by_config[n] for c in cols)]
         if cols and rows:

@@ -537,6 +537,7 @@ def test_ablation_configs_and_table(tmp_path, capsys):
     assert count.task_options["bos"] is True and count.task_options["max_len"] == preset["tasks"]["count"][
         "task_options"]["max_len"]
     assert abl.make_config(preset, "all-fixes+stride2-warmup", 0, "count").adapter_warmup_steps == 0
+    assert abl.make_config(preset, "all-fixes+stride2+gate", 0, "int-sum").intervene_gate == 0.95
     assert abl.make_config(preset, abl.CHOSEN, 1, "count") == cmp.make_config(preset, "count", "injected", 1)
     for name in ("today", "+stride2", "all-fixes+stride2+balance"):
         with pytest.raises(ValueError, match="tied to the shuffle-dyck teacher.*all-fixes\\+stride2-align"):
@@ -569,12 +570,16 @@ def test_ablation_configs_and_table(tmp_path, capsys):
         d = tmp_path / "runs" / f"today-s{seed}"
         d.mkdir(parents=True)
         (d / "eval.json").write_text(json.dumps(fake(seed, acc, marker)))
-        (d / "metrics.jsonl").write_text(json.dumps({"step": 1, "align_per_layer": [0.1, 0.3]}) + "\n")
+        gate = [{"answer_readout": 0.5, "intervened": 0.0}, {"answer_readout": 1.0, "intervened": 1.0}][:2 - seed]
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "align_per_layer": [0.1, 0.3], **g}) + "\n"
+                                                 for i, g in enumerate(gate)))
     md = abl.write_tables(tmp_path, abl.collect(tmp_path)).read_text()
     row = next(line for line in md.splitlines() if line.startswith("| today | 0.950"))
     assert "0.950 ± 0.071" in row
     assert "| today | 0.800 ± 0.000 | 0.600 ± 0.141 |" in md  # dec need, dec@? need
     assert "0.200 ± 0.000 | 0.900 ± 0.000" in md and "| 0.400 ± 0.000 |" in md  # causal; align sum
+    # the marker readout over the last steps and the fraction of steps the (gated) intervention cut
+    assert "| today | 0.625 ± 0.177 | 0.250 ± 0.354 |" in md
 
 
 def test_the_committed_results_page_carries_the_committed_notes():
