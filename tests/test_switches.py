@@ -1,4 +1,4 @@
-"""The objective's switches: alignment and intervention apart, the intervention site, left-out teacher
+"""The objective's switches: alignment and intervention apart, the intervention site and its gate, left-out teacher
 dimensions, the marker weight, the adapter-only warm-up, and the framed/BOS prompts."""
 
 from __future__ import annotations
