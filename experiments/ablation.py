@@ -233,6 +233,21 @@ def write_tables(out: Path, by_config: dict[str, list[dict[str, float]]], task: 
     return path
 
 
+def write_readout_figure(out: Path) -> Path | None:
+    """OUT/answer_readout.png: the answer read through the adapter at the marker over training, and the
+    fraction of steps cut, for every evaluated run that logged them (runs from before the readout was logged
+    have none)."""
+    from jinject.plots import plot_answer_readout
+
+    runs = {p.parent.name: p.parent / "metrics.jsonl" for p in sorted((out / "runs").glob("*/eval.json"))
+            if p.parent.name.rpartition("-s")[0] in CONFIGS and (p.parent / "metrics.jsonl").exists()
+            and '"answer_readout"' in (p.parent / "metrics.jsonl").read_text()}
+    if not runs:
+        return None
+    plot_answer_readout(runs, out / "answer_readout.png")
+    return out / "answer_readout.png"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default=TASK, help="shuffle-dyck (default) or another task of the cpu preset")
@@ -275,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
             write_tables(out, collect(out), args.task)
     path = write_tables(out, collect(out), args.task)
+    write_readout_figure(out)
     if not args.in_process:
         print(path.read_text())
     return 0

@@ -1,4 +1,5 @@
-"""Figures (matplotlib, PNG): training curves, decoding accuracy, OOD accuracy, causal test, decoded tokens.
+"""Figures (matplotlib, PNG): training curves, the answer readout, decoding accuracy, OOD accuracy, causal test,
+decoded tokens.
 
 Every function builds a `matplotlib.figure.Figure` without pyplot (no global state, no display needed,
 works the same in a terminal, CI and Colab), saves it when `out` is given and returns it. In a notebook
@@ -68,6 +69,49 @@ def plot_training_curves(runs: PathLike | Mapping[str, PathLike], out: PathLike 
                     ha="center", va="center", transform=ax.transAxes, color="grey")
         elif len(runs) > 1:
             ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def _moving_mean(values: Sequence[float], window: int) -> np.ndarray:
+    """Mean of the last `window` values at each point (fewer at the start), so the curve starts at step 1."""
+    c = np.cumsum(np.concatenate([[0.0], np.asarray(values, float)]))
+    lo = np.maximum(np.arange(1, len(values) + 1) - window, 0)
+    return (c[1:] - c[lo]) / (np.arange(1, len(values) + 1) - lo)
+
+
+def plot_answer_readout(runs: PathLike | Mapping[str, PathLike], out: PathLike | None = None,
+                        window: int = 20) -> Figure:
+    """Left: the fraction of a batch whose answer, read through the adapter at the intervention site at the
+    marker, is the teacher's (`answer_readout` in metrics.jsonl; a moving mean over `window` steps).
+    Right: the fraction of steps so far the intervention cut (`intervened`; 1 throughout without a gate).
+
+    This is the signal the intervention gate acts on: it shows whether and when the aligned subspace comes
+    to carry the answer. `runs`: one run directory / metrics.jsonl, or {label: path} to overlay runs.
+    """
+    if not isinstance(runs, Mapping):
+        p = Path(runs)
+        runs = {(p if p.is_dir() else p.parent).name or "run": runs}
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for label, path in runs.items():
+        recs = [r for r in read_metrics(path) if r.get("answer_readout") is not None]
+        if not recs:
+            continue
+        steps = [r["step"] for r in recs]
+        (line,) = left.plot(steps, _moving_mean([r["answer_readout"] for r in recs], window), label=label, lw=1.2)
+        cut = [r["intervened"] for r in recs if "intervened" in r]
+        if len(cut) == len(recs):
+            right.plot(steps, np.cumsum(cut) / np.arange(1, len(cut) + 1), color=line.get_color(), lw=1.2,
+                       label=label)
+    if not left.lines:
+        return _placeholder("no answer readout logged (a baseline run, or a run from before it was logged)", out)
+    left.set_title(f"answer read through the adapter at the marker (mean of {window} steps)", fontsize=9)
+    right.set_title("fraction of steps so far the intervention cut", fontsize=9)
+    for ax in (left, right):
+        ax.set_xlabel("step")
+        ax.set_ylim(-0.02, 1.02)
+        if ax.lines:
+            ax.legend(fontsize=7)
     return _save(fig, out)
 
 
@@ -221,6 +265,9 @@ def plot_eval(results: Mapping[str, Any], out_dir: PathLike, metrics: PathLike |
     if metrics is not None and Path(metrics).exists():
         plot_training_curves(metrics, out_dir / "training_curves.png")
         written.append(out_dir / "training_curves.png")
+        if any("answer_readout" in r for r in read_metrics(metrics)):
+            plot_answer_readout(metrics, out_dir / "answer_readout.png")
+            written.append(out_dir / "answer_readout.png")
     plot_ood_accuracy({"baseline" if results["run"].get("baseline") else "injected": results},
                       out_dir / "accuracy.png")
     written.append(out_dir / "accuracy.png")

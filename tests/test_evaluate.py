@@ -423,6 +423,31 @@ def test_plots_write_pngs(tmp_path):
     assert bars[:2] == [0.9, 0.5] and bars[2] == 0.7 and np.isnan(bars[3])  # baseline has no "ood" split
 
 
+def test_answer_readout_plot(tmp_path):
+    """The readout curve is a moving mean of the logged readout; the gate panel the running fraction cut;
+    plot_eval adds the figure only for a run that logged the readout."""
+    from jinject import plots
+
+    run = tmp_path / "run"
+    run.mkdir()
+    readout = [0.0, 0.5, 1.0, 1.0, 1.0]
+    cut = [0.0, 0.0, 1.0, 1.0, 1.0]
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s + 1, "loss": 1.0, "task": 1.0, "kl": 0.01, "answer_acc": 0.5, "answer_readout": r,
+                    "intervened": c}) + "\n" for s, (r, c) in enumerate(zip(readout, cut, strict=True))))
+    fig = plots.plot_answer_readout({"gated": run}, window=2)
+    left, right = fig.axes
+    np.testing.assert_allclose(left.lines[0].get_ydata(), [0.0, 0.25, 0.75, 1.0, 1.0])
+    np.testing.assert_allclose(right.lines[0].get_ydata(), [0.0, 0.0, 1 / 3, 0.5, 0.6])
+    res = {"run": {"task": "parity", "baseline": False}, "accuracy": {"test": {"accuracy": 0.9, "n": 10}}}
+    written = plots.plot_eval(res, tmp_path / "plots", run / "metrics.jsonl")
+    assert tmp_path / "plots" / "answer_readout.png" in written
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0, "task": 1.0}) + "\n")
+    assert not plots.plot_answer_readout(run).axes[0].lines  # a placeholder, not an empty plot
+    assert tmp_path / "plots2" / "answer_readout.png" not in plots.plot_eval(res, tmp_path / "plots2",
+                                                                              run / "metrics.jsonl")
+
+
 def test_decoded_table_and_heatmap(tmp_path):
     from jinject import plots
     from jinject.decoding import Decoded, format_decoded
@@ -580,6 +605,7 @@ def test_ablation_configs_and_table(tmp_path, capsys):
     assert "0.200 ± 0.000 | 0.900 ± 0.000" in md and "| 0.400 ± 0.000 |" in md  # causal; align sum
     # the marker readout over the last steps and the fraction of steps the (gated) intervention cut
     assert "| today | 0.625 ± 0.177 | 0.250 ± 0.354 |" in md
+    assert abl.write_readout_figure(tmp_path).read_bytes()[:4] == b"\x89PNG"  # both runs logged the readout
 
 
 def test_the_committed_results_page_carries_the_committed_notes():
