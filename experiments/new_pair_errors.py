@@ -1,0 +1,80 @@
+"""Where do runs fail the unseen bracket pair: on balanced strings or on unbalanced ones?
+
+    python experiments/new_pair_errors.py results/ablation/runs/{baseline+frame-bos,all-fixes+stride2}-s*
+
+The shuffle-dyck teacher's program knows three pairs, `()`, `[]` and `{}`; the ood-new-pair split adds `<>`,
+which no training string and no teacher input contains. This script regenerates each run's greedy answers on
+the split (the evaluation's examples: its seed and n, read from eval.json) and splits the accuracy by the
+right answer. It also counts the strings whose "three-pair answer" (balance with `<` and `>` dropped, what a
+student that ignores the unknown pair would say) differs from the right one. Per run and per configuration
+(mean ± std over runs):
+
+- acc: exact-match accuracy on the whole split (as in eval.json),
+- acc yes / acc no: accuracy on the balanced / the unbalanced strings (n yes / n no of them),
+- 3-pair differs: how many strings a student ignoring `<>` would get wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from jinject.data import PieceEncoder
+from jinject.evaluate.accuracy import generation_accuracy
+from jinject.evaluate.report import split_examples
+from jinject.tasks.dyck import OOD_PAIR, PAIRS, is_balanced
+from jinject.trainer import load_run
+
+SPLIT = "ood-new-pair"
+
+
+def three_pair_answer(problem: str) -> str:
+    """The answer of a balance check that knows only the training pairs: `<` and `>` are dropped."""
+    kept = "".join(c for c in problem if c not in OOD_PAIR)
+    return "yes" if is_balanced(kept, PAIRS) else "no"
+
+
+def run_scores(run_dir: Path) -> tuple[str, dict[str, float]]:
+    """(configuration name, scores) of one run directory."""
+    settings = json.loads((run_dir / "eval.json").read_text())["settings"]
+    run = load_run(run_dir)
+    if run.config.task != "shuffle-dyck":
+        raise SystemExit(f"{run_dir}: task {run.config.task!r}; this analysis is for shuffle-dyck runs")
+    examples = split_examples(run.task, SPLIT, settings["n_examples"], settings["eval_seed"], None)
+    res = generation_accuracy(run.model, PieceEncoder(run.tokenizer), examples, return_outputs=True)
+    right = np.array(res["correct"])
+    yes = np.array([e.answer == "yes" for e in examples])
+    scores = {"acc": float(right.mean()), "acc yes": float(right[yes].mean()), "acc no": float(right[~yes].mean()),
+              "n yes": int(yes.sum()), "n no": int((~yes).sum()),
+              "3-pair differs": sum(three_pair_answer(e.problem) != e.answer for e in examples)}
+    return run_dir.name.rpartition("-s")[0], scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="evaluated shuffle-dyck run directories")
+    args = parser.parse_args()
+    per_config: dict[str, list[dict[str, float]]] = defaultdict(list)
+    cols = ("acc", "acc yes", "acc no")
+    print("| run | " + " | ".join(cols) + " | n yes / no | 3-pair differs |\n" + "|---" * (len(cols) + 3) + "|")
+    for run_dir in args.runs:
+        name, s = run_scores(run_dir)
+        per_config[name].append(s)
+        print(f"| {run_dir.name} | " + " | ".join(f"{s[c]:.3f}" for c in cols)
+              + f" | {s['n yes']} / {s['n no']} | {s['3-pair differs']} |",
+              flush=True)
+    print("\n| config (mean ± std over runs) | n | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 2) + "|")
+    for name, runs in per_config.items():
+        cells = []
+        for c in cols:
+            v = np.array([r[c] for r in runs])
+            cells.append(f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}")
+        print(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
