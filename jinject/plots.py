@@ -40,15 +40,20 @@ def read_metrics(path: PathLike) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def _as_runs(runs: PathLike | Mapping[str, PathLike]) -> dict[str, PathLike]:
+    """{label: path}; one run directory / metrics.jsonl is labelled with its directory's name."""
+    if isinstance(runs, Mapping):
+        return dict(runs)
+    p = Path(runs)
+    return {(p if p.is_dir() else p.parent).name or "run": runs}
+
+
 def plot_training_curves(runs: PathLike | Mapping[str, PathLike], out: PathLike | None = None) -> Figure:
     """Losses (task, KL, alignment, total; log scale) and answer accuracy against step.
 
     `runs`: one run directory / metrics.jsonl, or {label: path} to overlay runs (e.g. injected vs baseline).
     """
-    if not isinstance(runs, Mapping):
-        p = Path(runs)
-        runs = {(p if p.is_dir() else p.parent).name or "run": runs}
-    runs = dict(runs)
+    runs = _as_runs(runs)
     panels = [("task", "task loss (answer CE)"), ("kl", "KL(original || student), text"),
               ("align", "alignment loss (sum of 1 - cos)"), ("answer_acc", "answer-token accuracy (train batch)")]
     fig = Figure(figsize=(11, 7), layout="constrained")
@@ -88,9 +93,7 @@ def plot_answer_readout(runs: PathLike | Mapping[str, PathLike], out: PathLike |
     This is the signal the intervention gate acts on: it shows whether and when the aligned subspace comes
     to carry the answer. `runs`: one run directory / metrics.jsonl, or {label: path} to overlay runs.
     """
-    if not isinstance(runs, Mapping):
-        p = Path(runs)
-        runs = {(p if p.is_dir() else p.parent).name or "run": runs}
+    runs = _as_runs(runs)
     fig = Figure(figsize=(11, 3.8), layout="constrained")
     left, right = fig.subplots(1, 2)
     for label, path in runs.items():
