@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare import mean_std  # noqa: E402
 
 from jinject.data import PieceEncoder
 from jinject.evaluate.accuracy import generation_accuracy
@@ -69,10 +74,7 @@ def main() -> None:
               flush=True)
     print("\n| config (mean ± std over runs) | n | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 2) + "|")
     for name, runs in per_config.items():
-        cells = []
-        for c in cols:
-            v = np.array([r[c] for r in runs])
-            cells.append(f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}")
+        cells = ["{:.3f} ± {:.3f}".format(*mean_std([r[c] for r in runs])) for c in cols]
         print(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
 
 
