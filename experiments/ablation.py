@@ -237,11 +237,11 @@ def write_readout_figure(out: Path) -> Path | None:
     """OUT/answer_readout.png: the answer read through the adapter at the marker over training, and the
     fraction of steps cut, for every evaluated run that logged them (runs from before the readout was logged
     have none)."""
-    from jinject.plots import plot_answer_readout
+    from jinject.plots import plot_answer_readout, read_metrics
 
-    runs = {p.parent.name: p.parent / "metrics.jsonl" for p in sorted((out / "runs").glob("*/eval.json"))
-            if p.parent.name.rpartition("-s")[0] in CONFIGS and (p.parent / "metrics.jsonl").exists()
-            and '"answer_readout"' in (p.parent / "metrics.jsonl").read_text()}
+    runs = {p.parent.name: read_metrics(p.parent) for p in sorted((out / "runs").glob("*/eval.json"))
+            if p.parent.name.rpartition("-s")[0] in CONFIGS and (p.parent / "metrics.jsonl").exists()}
+    runs = {name: records for name, records in runs.items() if any("answer_readout" in r for r in records)}
     if not runs:
         return None
     plot_answer_readout(runs, out / "answer_readout.png")

@@ -26,7 +26,10 @@ def _save(fig: Figure, out: PathLike | None) -> Figure:
     return fig
 
 
-def read_metrics(path: PathLike) -> list[dict[str, Any]]:
+Records = list[dict[str, Any]]  # a run's metrics, one dict per step
+
+
+def read_metrics(path: PathLike) -> Records:
     """Records of a run's metrics.jsonl (a run directory or the file itself); the last record per step wins
     (a resumed run may have logged a step twice)."""
     p = Path(path)
@@ -40,18 +43,20 @@ def read_metrics(path: PathLike) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def _as_runs(runs: PathLike | Mapping[str, PathLike]) -> dict[str, PathLike]:
-    """{label: path}; one run directory / metrics.jsonl is labelled with its directory's name."""
-    if isinstance(runs, Mapping):
-        return dict(runs)
-    p = Path(runs)
-    return {(p if p.is_dir() else p.parent).name or "run": runs}
+def _as_runs(runs: PathLike | Mapping[str, PathLike | Records]) -> dict[str, Records]:
+    """{label: records}, each run's metrics.jsonl read once. One run directory / metrics.jsonl is labelled
+    with its directory's name; a mapping's values may be paths or records already read."""
+    if not isinstance(runs, Mapping):
+        p = Path(runs)
+        runs = {(p if p.is_dir() else p.parent).name or "run": runs}
+    return {label: run if isinstance(run, list) else read_metrics(run) for label, run in runs.items()}
 
 
-def plot_training_curves(runs: PathLike | Mapping[str, PathLike], out: PathLike | None = None) -> Figure:
+def plot_training_curves(runs: PathLike | Mapping[str, PathLike | Records], out: PathLike | None = None) -> Figure:
     """Losses (task, KL, alignment, total; log scale) and answer accuracy against step.
 
-    `runs`: one run directory / metrics.jsonl, or {label: path} to overlay runs (e.g. injected vs baseline).
+    `runs`: one run directory / metrics.jsonl, or {label: path or records} to overlay runs (e.g. injected vs
+    baseline).
     """
     runs = _as_runs(runs)
     panels = [("task", "task loss (answer CE)"), ("kl", "KL(original || student), text"),
@@ -59,8 +64,8 @@ def plot_training_curves(runs: PathLike | Mapping[str, PathLike], out: PathLike 
     fig = Figure(figsize=(11, 7), layout="constrained")
     axes = fig.subplots(2, 2).ravel()
     for ax, (key, title) in zip(axes, panels, strict=True):
-        for label, path in runs.items():
-            recs = [r for r in read_metrics(path) if key in r and r[key] is not None]
+        for label, run in runs.items():
+            recs = [r for r in run if r.get(key) is not None]
             if recs:
                 ax.plot([r["step"] for r in recs], [r[key] for r in recs], label=label, lw=1.2)
         ax.set_title(title)
@@ -84,20 +89,20 @@ def _moving_mean(values: Sequence[float], window: int) -> np.ndarray:
     return (c[1:] - c[lo]) / (np.arange(1, len(values) + 1) - lo)
 
 
-def plot_answer_readout(runs: PathLike | Mapping[str, PathLike], out: PathLike | None = None,
+def plot_answer_readout(runs: PathLike | Mapping[str, PathLike | Records], out: PathLike | None = None,
                         window: int = 20) -> Figure:
     """Left: the fraction of a batch whose answer, read through the adapter at the intervention site at the
     marker, is the teacher's (`answer_readout` in metrics.jsonl; a moving mean over `window` steps).
     Right: the fraction of steps so far the intervention cut (`intervened`; 1 throughout without a gate).
 
     This is the signal the intervention gate acts on: it shows whether and when the aligned subspace comes
-    to carry the answer. `runs`: one run directory / metrics.jsonl, or {label: path} to overlay runs.
+    to carry the answer. `runs`: one run directory / metrics.jsonl, or {label: path or records} to overlay runs.
     """
     runs = _as_runs(runs)
     fig = Figure(figsize=(11, 3.8), layout="constrained")
     left, right = fig.subplots(1, 2)
-    for label, path in runs.items():
-        recs = [r for r in read_metrics(path) if r.get("answer_readout") is not None]
+    for label, run in runs.items():
+        recs = [r for r in run if r.get("answer_readout") is not None]
         if not recs:
             continue
         steps = [r["step"] for r in recs]
@@ -266,10 +271,11 @@ def plot_eval(results: Mapping[str, Any], out_dir: PathLike, metrics: PathLike |
     out_dir = Path(out_dir)
     written = []
     if metrics is not None and Path(metrics).exists():
-        plot_training_curves(metrics, out_dir / "training_curves.png")
+        run = _as_runs(metrics)
+        plot_training_curves(run, out_dir / "training_curves.png")
         written.append(out_dir / "training_curves.png")
-        if any("answer_readout" in r for r in read_metrics(metrics)):
-            plot_answer_readout(metrics, out_dir / "answer_readout.png")
+        if any("answer_readout" in r for records in run.values() for r in records):
+            plot_answer_readout(run, out_dir / "answer_readout.png")
             written.append(out_dir / "answer_readout.png")
     plot_ood_accuracy({"baseline" if results["run"].get("baseline") else "injected": results},
                       out_dir / "accuracy.png")

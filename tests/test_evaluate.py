@@ -439,6 +439,8 @@ def test_answer_readout_plot(tmp_path):
     left, right = fig.axes
     np.testing.assert_allclose(left.lines[0].get_ydata(), [0.0, 0.25, 0.75, 1.0, 1.0])
     np.testing.assert_allclose(right.lines[0].get_ydata(), [0.0, 0.0, 1 / 3, 0.5, 0.6])
+    read_once = plots.plot_answer_readout({"gated": plots.read_metrics(run)}, window=2)  # records, not a path
+    np.testing.assert_allclose(read_once.axes[0].lines[0].get_ydata(), left.lines[0].get_ydata())
     res = {"run": {"task": "parity", "baseline": False}, "accuracy": {"test": {"accuracy": 0.9, "n": 10}}}
     written = plots.plot_eval(res, tmp_path / "plots", run / "metrics.jsonl")
     assert tmp_path / "plots" / "answer_readout.png" in written
