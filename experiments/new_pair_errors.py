@@ -1,6 +1,7 @@
 """Where do runs fail the unseen bracket pair: on balanced strings or on unbalanced ones?
 
     python experiments/new_pair_errors.py results/ablation/runs/{baseline+frame-bos,all-fixes+stride2}-s*
+    python experiments/new_pair_errors.py --split ood-length RUN...   # the same split by answer, another split
 
 The shuffle-dyck teacher's program knows three pairs, `()`, `[]` and `{}`; the ood-new-pair split adds `<>`,
 which no training string and no teacher input contains. This script regenerates each run's greedy answers on
@@ -34,7 +35,7 @@ from jinject.evaluate.report import split_examples
 from jinject.tasks.dyck import OOD_PAIR, PAIRS, is_balanced
 from jinject.trainer import load_run
 
-SPLIT = "ood-new-pair"
+SPLITS = ("ood-new-pair", "ood-length", "test")  # the shuffle-dyck splits with both answers
 
 
 def three_pair_answer(problem: str) -> str:
@@ -43,13 +44,13 @@ def three_pair_answer(problem: str) -> str:
     return "yes" if is_balanced(kept, PAIRS) else "no"
 
 
-def run_scores(run_dir: Path) -> tuple[str, dict[str, float]]:
+def run_scores(run_dir: Path, split: str = SPLITS[0]) -> tuple[str, dict[str, float]]:
     """(configuration name, scores) of one run directory."""
     settings = json.loads((run_dir / "eval.json").read_text())["settings"]
     run = load_run(run_dir)
     if run.config.task != "shuffle-dyck":
         raise SystemExit(f"{run_dir}: task {run.config.task!r}; this analysis is for shuffle-dyck runs")
-    examples = split_examples(run.task, SPLIT, settings["n_examples"], settings["eval_seed"], None)
+    examples = split_examples(run.task, split, settings["n_examples"], settings["eval_seed"], None)
     res = generation_accuracy(run.model, PieceEncoder(run.tokenizer), examples, return_outputs=True)
     right = np.array(res["correct"])
     yes = np.array([e.answer == "yes" for e in examples])
@@ -62,12 +63,14 @@ def run_scores(run_dir: Path) -> tuple[str, dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="evaluated shuffle-dyck run directories")
+    parser.add_argument("--split", choices=SPLITS, default=SPLITS[0],
+                        help="ood-almost-balanced is left out: all its strings are unbalanced")
     args = parser.parse_args()
     per_config: dict[str, list[dict[str, float]]] = defaultdict(list)
     cols = ("acc", "acc yes", "acc no")
     print("| run | " + " | ".join(cols) + " | n yes / no | 3-pair differs |\n" + "|---" * (len(cols) + 3) + "|")
     for run_dir in args.runs:
-        name, s = run_scores(run_dir)
+        name, s = run_scores(run_dir, args.split)
         per_config[name].append(s)
         print(f"| {run_dir.name} | " + " | ".join(f"{s[c]:.3f}" for c in cols)
               + f" | {s['n yes']} / {s['n no']} | {s['3-pair differs']} |",
