@@ -25,7 +25,6 @@ the alignment or the warm-up taken out, to measure which part costs those tasks 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -144,10 +143,9 @@ def summary_columns(results: dict[str, Any]) -> dict[str, float]:
 def training_columns(directory: Path, last: int = 20) -> dict[str, float]:
     """From metrics.jsonl: per-layer 1 - cos and the answer read through the adapter at the marker, each
     averaged over the last `last` logged steps, and the fraction of all steps the intervention cut."""
-    path = directory / "metrics.jsonl"
-    if not path.exists():
-        return {}
-    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    from jinject.rundir import read_metrics
+
+    recs, _ = read_metrics(directory / "metrics.jsonl")
     cols: dict[str, float] = {}
     rows = [r["align_per_layer"] for r in recs[-last:] if "align_per_layer" in r]
     if rows:

@@ -113,11 +113,10 @@ def train_loop_seconds(directory: Path) -> float | None:
     call sees only its last part (one run resumed near its end once reported 16 s instead of 852 s). It is
     the sum of the per-step times in metrics.jsonl, the steps the final run kept (redone ones once), without
     the minute of loading and compiling before the first step."""
-    path = directory / "metrics.jsonl"
-    if not path.exists():
-        return None
-    times = [json.loads(line).get("time") for line in path.read_text().splitlines() if line.strip()]
-    times = [t for t in times if t is not None]
+    from jinject.rundir import read_metrics
+
+    records, _ = read_metrics(directory / "metrics.jsonl")
+    times = [r["time"] for r in records if r.get("time") is not None]
     return round(sum(times), 1) if times else None
 
 

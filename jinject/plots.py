@@ -8,13 +8,14 @@ show the PNG with `IPython.display.Image(out)`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from jinject import rundir
 
 PathLike = str | Path
 
@@ -35,11 +36,10 @@ def read_metrics(path: PathLike) -> Records:
     p = Path(path)
     if p.is_dir():
         p = p / "metrics.jsonl"
-    by_step: dict[int, dict] = {}
-    for line in p.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            by_step[int(rec.get("step", len(by_step)))] = rec
+    if not p.exists():
+        raise FileNotFoundError(f"{p} does not exist: pass a run directory or its metrics.jsonl")
+    records, _ = rundir.read_metrics(p)  # a line cut by a kill mid-write is skipped
+    by_step = {int(rec["step"]): rec for rec in records}
     return [by_step[s] for s in sorted(by_step)]
 
 
