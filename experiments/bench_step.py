@@ -6,10 +6,10 @@
 For each task: the fused step (teacher + student in ONE jit, what jinject runs), the baseline step
 (no teacher), the teacher forward alone, and the "unfused" step the way PyTorch code does it (teacher
 in a separate call, its residuals copied through the host into the student step). Timings are medians
-over --iters runs after warm-up, measured side by side in one process. FLOP counts come from XLA's
-cost analysis of the compiled step (model FLOPs: what the step's HLO computes, no remat); MFU is given
-against a dense matmul of the same dtype measured on the same device, and against the vendor's dense peak
-where the device is known. Step memory is XLA's: arguments (state, batch) plus temporaries.
+over --iters runs after warm-up, measured side by side in one process. MFU counts the model's FLOPs
+(`model_flops`) over the fused step's time, against a dense matmul of the same dtype measured on the same
+device and against the vendor's dense peak where the device is known. XLA's own FLOP count is kept in the
+JSON beside it. Step memory is XLA's: arguments (state, batch) plus temporaries.
 """
 
 from __future__ import annotations
@@ -42,9 +42,28 @@ def matmul_peak(dtype: str, iters: int = 5) -> float:
     return 2 * n**3 / interleaved_medians({"mm": lambda: f(a).block_until_ready()}, iters)["mm"]
 
 
+def model_flops(cfg, batch: dict) -> float:
+    """Training FLOPs of one step by the usual count (PaLM, appendix B): 2 per weight per token for a
+    forward, 3 forwards' worth for forward + backward, attention scores and values included, the unembedding
+    only where logits are taken (the answer positions; every text token). The KL term's frozen reference is
+    one more forward over the text. The teacher (a few % of the time) and the adapter are left out, so
+    injected and baseline steps count the same work."""
+    d, hd, n_layers = cfg.d_model, cfg.head_size, cfg.n_layers
+    mlp_mats = 3 if cfg.family == "llama" else 2  # SwiGLU has a gate
+    block = 2 * d * cfg.n_heads * hd + 2 * d * cfg.kv_heads * hd + mlp_mats * d * cfg.ff_size
+
+    def forward(b: int, t: int, logit_rows: int) -> float:
+        return 2 * b * t * n_layers * block + 4 * n_layers * b * t * t * cfg.n_heads * hd \
+            + 2 * d * cfg.vocab_size * logit_rows
+
+    (bt, tt), (bx, tx) = batch["inputs"].shape, batch["text_ids"].shape
+    return 3 * forward(bt, tt, batch["answer_valid"].size) + 4 * forward(bx, tx, bx * tx)
+
+
 def compiled_cost(jitted, *args) -> tuple[float | None, float | None]:
-    """(FLOPs, device bytes) of one compiled step: XLA's cost analysis, and arguments + temporaries
-    (the outputs alias the donated state). Both are best-effort on some backends."""
+    """(FLOPs, device bytes) of one compiled step: XLA's cost analysis (it can miss library calls: on an
+    H200 it counted 8x fewer FLOPs for the float32 step than for the same bfloat16 one), and arguments +
+    temporaries (the outputs alias the donated state). Both are best-effort on some backends."""
     compiled = jitted.lower(*args).compile()
     flops = memory = None
     try:
@@ -108,7 +127,7 @@ def bench_task(task_name: str, model, tokenizer, args, dtype: str, batch_size: i
     fns = {}
     fused_step, fused_holder, fns["fused"] = stepper(config, teacher, batch)
     t0 = time.perf_counter()
-    flops, memory = compiled_cost(fused_step.jitted, fused_holder["state"], fused_step.frozen, batch)
+    xla_flops, memory = compiled_cost(fused_step.jitted, fused_holder["state"], fused_step.frozen, batch)
     compile_s = time.perf_counter() - t0
     if "baseline" in args.variants:
         fns["baseline"] = stepper(dataclasses.replace(config, baseline=True), None,
@@ -125,7 +144,8 @@ def bench_task(task_name: str, model, tokenizer, args, dtype: str, batch_size: i
     t = interleaved_medians(fns, args.iters)
     del fused_holder  # free this configuration's optimizer state before the next one
     nominal = nominal_peak(jax.devices()[0].device_kind, dtype)
-    achieved = flops / t["fused"] if flops else None
+    flops = model_flops(model.config, batch)
+    achieved = flops / t["fused"]
     return {
         "task": task_name, "dtype": dtype, "batch_size": batch_size, "teacher_layers": teacher.n_layers,
         "teacher_width": teacher.d_model,
@@ -137,10 +157,9 @@ def bench_task(task_name: str, model, tokenizer, args, dtype: str, batch_size: i
         "teacher_share": t["teacher"] / t["fused"] if "teacher" in t else None,
         "unfused_over_fused": t["unfused"] / t["fused"] if "unfused" in t else None,
         "fused_over_baseline": t["fused"] / t["baseline"] if "baseline" in t else None,
-        "tokens_per_s": tokens / t["fused"], "step_flops": flops, "step_memory_bytes": memory,
-        "achieved_flops_per_s": achieved, "matmul_peak": peak,
-        "mfu_of_matmul_peak": achieved / peak if achieved else None,
-        "mfu_of_nominal_peak": achieved / nominal if achieved and nominal else None,
+        "tokens_per_s": tokens / t["fused"], "model_flops": flops, "xla_flops": xla_flops,
+        "step_memory_bytes": memory, "achieved_flops_per_s": achieved, "matmul_peak": peak,
+        "mfu_of_matmul_peak": achieved / peak, "mfu_of_nominal_peak": achieved / nominal if nominal else None,
     }
 
 
@@ -151,7 +170,7 @@ def load_host(name: str, dtype: str):
         return random_gpt2(name.removesuffix("-random"), dtype)
     from jinject.loading import load_model
 
-    return load_model(name, dtype=dtype)
+    return load_model(name, dtype=dtype, param_dtype="float32")  # as jinject train loads it
 
 
 def fmt(x: float | None, spec: str, scale: float = 1.0) -> str:

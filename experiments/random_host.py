@@ -20,7 +20,8 @@ GPT2_SHAPES = {"gpt2-small": (768, 12, 12), "gpt2-medium": (1024, 24, 16), "gpt2
 
 
 def random_gpt2(shape: str, dtype: str = "float32", seed: int = 0):
-    """(model, tokenizer): `shape` from GPT2_SHAPES with random weights, in `dtype` for weights and activations."""
+    """(model, tokenizer): `shape` from GPT2_SHAPES, random float32 weights computing in `dtype` (as training
+    loads a host)."""
     from jinject.models import ModelConfig, create_model
     from jinject.tokenizer import gpt2_tokenizer
 
@@ -29,7 +30,7 @@ def random_gpt2(shape: str, dtype: str = "float32", seed: int = 0):
     d, n_layers, n_heads = GPT2_SHAPES[shape]
     config = ModelConfig(family="gpt2", vocab_size=50257, d_model=d, n_layers=n_layers, n_heads=n_heads,
                          max_position_embeddings=1024, bos_token_id=50256, eos_token_id=50256,
-                         dtype=dtype, param_dtype=dtype)
+                         dtype=dtype, param_dtype="float32")
     return create_model(config, seed), gpt2_tokenizer()
 
 

@@ -92,7 +92,8 @@ class TrainConfig:
                          choices=("constant", "cosine"))  # "constant" is the original's
     grad_clip: float | None = _opt(None, "clip the global gradient norm to this (default or 0: no clipping)")
     # numerics and scale-out
-    dtype: str = _opt("float32", "student compute dtype", choices=("float32", "bfloat16"))
+    dtype: str = _opt("float32", "student compute dtype (weights and optimizer state stay float32)",
+                      choices=("float32", "bfloat16"))
     remat: bool = _opt(False, "gradient checkpointing per block")
     mesh_data: int = _opt(-1, "devices on the data mesh axis (default -1: all that --fsdp leaves)")
     mesh_fsdp: int = _opt(1, "devices on the fsdp mesh axis", flag="--fsdp")

@@ -18,6 +18,7 @@ from flax import nnx
 
 from jinject.checkpoints import checkpoint_manager
 from jinject.data import PieceEncoder, Pipeline, encode_examples
+from jinject.models import create_model
 from jinject.step import init_state, make_loss_fn, make_train_step
 from jinject.trainer import TrainingDiverged, load_run, train
 
@@ -125,6 +126,33 @@ def test_step_keeps_original_weights_frozen_and_donates_state(comps):
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, step.frozen["original"]), before)
     moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state.params, before))
     assert max(moved) > 0
+
+
+def test_bfloat16_runs_keep_float32_weights_so_small_updates_land(tmp_path, comps):
+    """--dtype bfloat16 computes in bfloat16 but keeps float32 weights: at the original's lr 1e-6, bfloat16
+    weights would round nearly every update away (2% of the weights moved in 3 steps) and train nothing."""
+    from jinject.export import export_model
+    from jinject.trainer import build
+
+    host = export_model(comps[2], comps[3], tmp_path / "host")
+    config = tiny.config(model=str(host), dtype="bfloat16", lr=1e-6, steps=3, checkpoint_every=3)
+    task, teacher, model, tokenizer = build(config)
+    assert (model.config.dtype, model.config.param_dtype) == ("bfloat16", "float32")
+    assert model(jnp.ones((1, 4), jnp.int32)).hidden_states.dtype == jnp.bfloat16
+    before = jax.tree.map(np.array, nnx.split(model)[1])
+    run = train(config, tmp_path / "run", components=(task, teacher, model, tokenizer), progress=False)
+    changed = total = 0
+    for (path, new), old in zip(jax.tree_util.tree_leaves_with_path(nnx.split(run.model)[1]),
+                                jax.tree.leaves(before), strict=True):
+        if "kernel" in jax.tree_util.keystr(path):
+            changed += int((np.asarray(new) != old).sum())
+            total += old.size
+    assert changed / total > 0.99
+    # and a run whose checkpoint holds bfloat16 weights (written before this rule) still loads, as float32
+    bf16 = create_model(model.config.replace(param_dtype="bfloat16"), 0)
+    train(config, tmp_path / "old", components=(task, teacher, bf16, tokenizer), progress=False)
+    old_run = load_run(tmp_path / "old")
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(old_run.model, nnx.Param)))
 
 
 def test_batches_are_deterministic_in_seed_and_step(comps):
