@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -178,10 +179,13 @@ def _train_locked(config: TrainConfig, out: Path, on_step, progress: bool, compo
         log.write(records)
         return records
 
+    gc.freeze()  # see _FROZEN_HEAP
     try:
         for i in range(start, config.steps):
             batch = shard_batch(pipeline.batch(i), batch_sh)
             state, metrics = step_fn(state, batch)
+            if i == start:
+                gc.freeze()  # and what the first call's compile left behind
             now = time.perf_counter()
             pending.append((i + 1, metrics, now - t_last))
             t_last = now
@@ -198,10 +202,16 @@ def _train_locked(config: TrainConfig, out: Path, on_step, progress: bool, compo
                 on_step(done, records[-1] if records else None)
         manager.wait_until_finished()
     finally:
+        gc.unfreeze()
         log.close()
         metrics_file.close()
         manager.close()
     return _run_from(config, components, state)
+
+
+# _FROZEN_HEAP: a run holds a few hundred thousand long-lived Python objects (jax, flax, tracr, orbax), and
+# every full garbage collection scans them all: 0.1 s pauses inside the loop (measured on a tiny model: 5
+# collections took 0.55 s of 0.75 s of steps). Frozen objects are never scanned; refcounting still frees them.
 
 
 def _due(done: int, every: int, last: int) -> bool:
