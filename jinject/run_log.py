@@ -82,9 +82,10 @@ def _renders_a_bar(stream: TextIO) -> bool:
 class RunLog:
     """The run's live reporting: `step()` after every train step, `write(records)` when metrics are fetched.
 
-    `records` are the dicts also appended to metrics.jsonl (`step`, the losses, `time` = seconds of that
-    step). Log lines go out for the steps that are multiples of `log_every` (and the last step), whatever
-    else made the loop fetch metrics (checkpoints), so a log file has exactly one line per interval.
+    `records` are the dicts also appended to metrics.jsonl (`step`, the losses, `time` = seconds since the
+    previous step was dispatched: steps run asynchronously, so only a sum over several steps is a duration).
+    Log lines go out for the steps that are multiples of `log_every` (and the last step), whatever else made
+    the loop fetch metrics (checkpoints), so a log file has exactly one line per interval.
     """
 
     def __init__(self, total: int, initial: int, log_every: int, *, progress: bool = True,
