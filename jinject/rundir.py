@@ -16,6 +16,9 @@ are checked before they are written and before they are trusted.
 - `prepare_metrics`: keeps `metrics.jsonl` consistent with the checkpoint a run resumes from without ever
   dropping a history it cannot redo: when a run restarts from step 0 over an old log, the old log is kept
   aside under a new name and the user is told.
+- `record_environment`: every train call appends what it ran on to `environment.jsonl` (versions, device,
+  XLA flags, threads). XLA on a CPU rounds differently across thread settings and machines, so a seed's
+  numbers reproduce only on the same setting, and this is how a reader finds out which setting that was.
 
 Longer than most modules (~430 lines) on purpose: every rule that keeps a run directory trustworthy lives
 here, each with its own failure message, so a reader checks the integrity story in one place.
@@ -425,6 +428,42 @@ def finite_or_none(x: Any) -> Any:
     if isinstance(x, list | tuple):
         return [finite_or_none(v) for v in x]
     return x
+
+
+def _version(name: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """What a run's numbers depend on beyond its config: library versions, device, XLA flags, threads."""
+    import platform
+
+    import jax
+
+    cpu = ""
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), "")
+    affinity = getattr(os, "sched_getaffinity", None)
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
+        "python": platform.python_version(),
+        **{name: _version(name) for name in ("jax", "jaxlib", "flax", "optax", "tracr-pypi")},
+        "backend": jax.default_backend(), "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
+        "cpu": cpu, "cpu_count": os.cpu_count(), "cpus_usable": len(affinity(0)) if affinity else None,
+        **{k: os.environ.get(k, "") for k in ("XLA_FLAGS", "OMP_NUM_THREADS")},
+    }
+
+
+def record_environment(out: Path, start_step: int) -> None:
+    """Append this train call's `environment()` (and the step it starts from) to OUT/environment.jsonl."""
+    with open(out / "environment.jsonl", "a") as f:
+        f.write(json_line({"start_step": start_step, **environment()}))
 
 
 def json_line(record: dict) -> str:

@@ -164,6 +164,7 @@ def _train_locked(config: TrainConfig, out: Path, on_step, progress: bool, compo
 
     log = RunLog(config.steps, start, config.log_every, progress=progress, tensorboard=tensorboard)
     rundir.prepare_metrics(out / "metrics.jsonl", start, say)  # steps after the checkpoint are redone
+    rundir.record_environment(out, start)
     metrics_file = open(out / "metrics.jsonl", "a")
     pending: list[tuple[int, dict, float]] = []
     t_last = time.perf_counter()

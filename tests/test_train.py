@@ -196,6 +196,10 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, comps):
     assert [r["step"] for r in read_metrics(out)] == list(range(1, 13))
     straight_loss = [r["loss"] for r in read_metrics(tmp_path / "straight")]
     np.testing.assert_allclose([r["loss"] for r in read_metrics(out)], straight_loss, rtol=1e-5)
+    # each train call records what it ran on (numbers reproduce only on the same setting)
+    calls = [json.loads(line) for line in (out / "environment.jsonl").read_text().splitlines()]
+    assert len(calls) == 2 and calls[0]["start_step"] == 0 and calls[1]["start_step"] in (4, 8)
+    assert all(c["jax"] == jax.__version__ and c["backend"] == "cpu" and "XLA_FLAGS" in c for c in calls)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, comps):
