@@ -20,7 +20,7 @@ are checked before they are written and before they are trusted.
   XLA flags, threads). XLA on a CPU rounds differently across thread settings and machines, so a seed's
   numbers reproduce only on the same setting, and this is how a reader finds out which setting that was.
 
-Longer than most modules (~430 lines) on purpose: every rule that keeps a run directory trustworthy lives
+Longer than most modules (~470 lines) on purpose: every rule that keeps a run directory trustworthy lives
 here, each with its own failure message, so a reader checks the integrity story in one place.
 """
 
