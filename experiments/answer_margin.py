@@ -13,9 +13,9 @@ configuration (mean ± std over runs), with the mean margin on almost-balanced s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -24,13 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import mean_std  # noqa: E402
+from new_pair_errors import load_dyck_run, print_config_means  # noqa: E402
 
 from jinject.data import PieceEncoder, encode_examples
 from jinject.evaluate.batching import batches, jit_model, pad_rows
 from jinject.evaluate.report import split_examples
 from jinject.step import answer_logits
-from jinject.trainer import load_run
 
 OOD = ("ood-length", "ood-almost-balanced", "ood-new-pair")
 BOTH_ANSWERS = ("test", "ood-length", "ood-new-pair")
@@ -45,12 +44,10 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
 
 
-def margins(run, split: str, n: int, seed: int, batch_size: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """(margin [N], balanced [N]) on the evaluation's examples of `split`."""
+def margins(run, splits: Sequence[str], n: int, seed: int, batch_size: int = 50) -> dict[str, tuple]:
+    """{split: (margin [N], balanced [N])} on the evaluation's examples of each split."""
     encoder = PieceEncoder(run.tokenizer)
     yes_id, no_id = (encoder(run.task.answer_units(a)[0][0]) for a in ("yes", "no"))
-    examples = split_examples(run.task, split, n, seed, None)
-    arrays = encode_examples(examples, encoder, None)
 
     def first_answer_margin(model, ids, index, valid):
         batch = {"answer_index": index, "targets": jnp.zeros_like(ids), "answer_valid": valid}
@@ -58,19 +55,21 @@ def margins(run, split: str, n: int, seed: int, batch_size: int = 50) -> tuple[n
         return logits[:, 0, yes_id] - logits[:, 0, no_id]
 
     fn = jit_model(run.model, first_answer_margin)
-    out = []
-    for sl in batches(len(arrays), batch_size):
-        cols = [pad_rows(x[sl], batch_size) for x in (arrays.inputs, arrays.answer_index, arrays.answer_valid)]
-        out.append(np.asarray(fn(*cols))[: sl.stop - sl.start])
-    return np.concatenate(out), np.array([e.answer == "yes" for e in examples])
+    result = {}
+    for split in splits:
+        examples = split_examples(run.task, split, n, seed, None)
+        arrays = encode_examples(examples, encoder, None)
+        out = []
+        for sl in batches(len(arrays), batch_size):
+            cols = [pad_rows(x[sl], batch_size) for x in (arrays.inputs, arrays.answer_index, arrays.answer_valid)]
+            out.append(np.asarray(fn(*cols))[: sl.stop - sl.start])
+        result[split] = (np.concatenate(out), np.array([e.answer == "yes" for e in examples]))
+    return result
 
 
 def run_scores(run_dir: Path) -> tuple[str, dict[str, float]]:
-    settings = json.loads((run_dir / "eval.json").read_text())["settings"]
-    run = load_run(run_dir)
-    if run.config.task != "shuffle-dyck":
-        raise SystemExit(f"{run_dir}: task {run.config.task!r}; this analysis is for shuffle-dyck runs")
-    per_split = {s: margins(run, s, settings["n_examples"], settings["eval_seed"]) for s in (*BOTH_ANSWERS, OOD[1])}
+    run, settings = load_dyck_run(run_dir)
+    per_split = margins(run, (*BOTH_ANSWERS, OOD[1]), settings["n_examples"], settings["eval_seed"])
     scores = {f"AUROC {s}": auroc(*per_split[s]) for s in BOTH_ANSWERS}
     pooled_m, pooled_y = (np.concatenate(x) for x in zip(*(per_split[s] for s in OOD), strict=True))
     scores["AUROC OOD pooled"] = auroc(pooled_m, pooled_y)
@@ -93,10 +92,7 @@ def main() -> None:
             print("| run | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 1) + "|")
         per_config[name].append(s)
         print(f"| {run_dir.name} | " + " | ".join(f"{s[c]:.3f}" for c in cols) + " |", flush=True)
-    print("\n| config (mean ± std over runs) | n | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 2) + "|")
-    for name, runs in per_config.items():
-        cells = ["{:.3f} ± {:.3f}".format(*mean_std([r[c] for r in runs])) for c in cols]
-        print(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    print_config_means(per_config, cols)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ aggregate steps per second of each way, and their ratio, measured side by side i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -39,7 +38,9 @@ train(config, {out!r}, progress=False)
 
 
 def steady_seconds_per_step(out: Path, skip: int) -> float:
-    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    from jinject.rundir import read_metrics
+
+    recs, _ = read_metrics(out / "metrics.jsonl")
     times = [r["time"] for r in recs if r["step"] > skip]
     return sum(times) / len(times)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ def main() -> None:
 
     import tiny
 
+    from jinject.rundir import read_metrics
     from jinject.trainer import train
 
     pauses: list[tuple[int, float]] = []
@@ -50,7 +50,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out, unfrozen:
         train(config, out, components=tiny.components(), progress=False,
               on_step=lambda done, _: pauses.clear() if done == 5 else None)
-        steps = [json.loads(line)["time"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()][5:]
+        steps = [r["time"] for r in read_metrics(Path(out) / "metrics.jsonl")[0]][5:]
     print(f"{'no freeze' if args.no_freeze else 'frozen heap'}: {len(steps)} steps, "
           f"median {1e3 * statistics.median(steps):.2f} ms, total {sum(steps):.3f} s")
     for generation in (0, 1, 2):

@@ -21,7 +21,9 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,12 +46,26 @@ def three_pair_answer(problem: str) -> str:
     return "yes" if is_balanced(kept, PAIRS) else "no"
 
 
-def run_scores(run_dir: Path, split: str = SPLITS[0]) -> tuple[str, dict[str, float]]:
-    """(configuration name, scores) of one run directory."""
+def load_dyck_run(run_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """(the trained run, its evaluation settings) of an evaluated shuffle-dyck run directory."""
     settings = json.loads((run_dir / "eval.json").read_text())["settings"]
     run = load_run(run_dir)
     if run.config.task != "shuffle-dyck":
         raise SystemExit(f"{run_dir}: task {run.config.task!r}; this analysis is for shuffle-dyck runs")
+    return run, settings
+
+
+def print_config_means(per_config: dict[str, list[dict[str, float]]], cols: Sequence[str]) -> None:
+    """One row per configuration: mean ± std over its runs of each column."""
+    print("\n| config (mean ± std over runs) | n | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 2) + "|")
+    for name, runs in per_config.items():
+        cells = ["{:.3f} ± {:.3f}".format(*mean_std([r[c] for r in runs])) for c in cols]
+        print(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+
+
+def run_scores(run_dir: Path, split: str = SPLITS[0]) -> tuple[str, dict[str, float]]:
+    """(configuration name, scores) of one run directory."""
+    run, settings = load_dyck_run(run_dir)
     examples = split_examples(run.task, split, settings["n_examples"], settings["eval_seed"], None)
     res = generation_accuracy(run.model, PieceEncoder(run.tokenizer), examples, return_outputs=True)
     right = np.array(res["correct"])
@@ -75,10 +91,7 @@ def main() -> None:
         print(f"| {run_dir.name} | " + " | ".join(f"{s[c]:.3f}" for c in cols)
               + f" | {s['n yes']} / {s['n no']} | {s['3-pair differs']} |",
               flush=True)
-    print("\n| config (mean ± std over runs) | n | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 2) + "|")
-    for name, runs in per_config.items():
-        cells = ["{:.3f} ± {:.3f}".format(*mean_std([r[c] for r in runs])) for c in cols]
-        print(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    print_config_means(per_config, cols)
 
 
 if __name__ == "__main__":
