@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python -m jinject.demo
 
 test: $(STAMP)
-	$(BIN)/ruff check jinject tests experiments
+	$(BIN)/ruff check jinject tests experiments notebooks
 	$(BIN)/python -m pytest
 
 test-slow: $(STAMP)
@@ -37,7 +37,7 @@ test-torch: $(STAMP)
 	$(BIN)/python -m pytest -m torch
 
 lint: $(STAMP)
-	$(BIN)/ruff check jinject tests experiments
+	$(BIN)/ruff check jinject tests experiments notebooks
 
 bench: $(STAMP)
 	$(BIN)/python experiments/bench_step.py
