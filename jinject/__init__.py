@@ -39,6 +39,9 @@ def lazy_exports(package: str, public: dict[str, str]) -> tuple[Callable[[str], 
 
     def get(name: str) -> Any:
         if name in public:
+            from jinject.versions import check_flax_imports
+
+            check_flax_imports()
             module = public[name]
             return getattr(importlib.import_module(package + module if module.startswith(".") else module), name)
         raise AttributeError(f"module {package!r} has no attribute {name!r}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jinject.versions import FlaxMismatch, check_flax_imports
+
 
 def cmd_compile(args: argparse.Namespace) -> int:
     """Compile (or load) a task's teacher, print its size and variables, verify it against the oracle."""
@@ -283,13 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     Parser.argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    if args.command in ("train", "eval", "decode"):
-        from jinject.compilation import enable_compilation_cache
-
-        enable_compilation_cache()
     try:
+        if args.command in ("train", "eval", "decode"):
+            from jinject.compilation import enable_compilation_cache
+
+            check_flax_imports()
+            enable_compilation_cache()
         return int(args.func(args) or 0)
-    except (ValueError, OSError, NotImplementedError) as e:  # bad input, missing files, offline hub, unsupported model
+    except (ValueError, OSError, NotImplementedError, FlaxMismatch) as e:  # bad input, missing files, offline hub,
+        # unsupported model, a flax that does not import beside the installed jax
         print(f"jinject {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

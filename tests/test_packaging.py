@@ -130,3 +130,24 @@ def test_wheel_installs_beside_another_jax_and_keeps_it(tmp_path):
     assert "jax" not in cuda and "jaxlib" not in cuda and cuda["jax-cuda12-plugin"] == OTHER_JAX, cuda
     tpu = dry_run(pip, f"{wheel}[tpu]", tmp_path)
     assert "jax" not in tpu and "libtpu" in tpu, tpu
+
+
+def test_a_flax_that_does_not_import_beside_jax_is_named_with_its_fix(tmp_path):
+    """flax 0.12.8 beside jax 0.11 fails inside flax; the CLI and the public names say which upgrade fixes it."""
+    fake = tmp_path / "flax"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "raise AttributeError(\"module 'jax.experimental.hijax' has no attribute 'HiPrimitive'\")\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+
+    cli = subprocess.run([sys.executable, "-m", "jinject", "train", "--task", "shuffle-dyck", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert cli.returncode == 2, cli.stderr
+    (line,) = cli.stderr.strip().splitlines()
+    assert line.startswith("jinject train: error: flax ") and "HiPrimitive" in line and "pip install -U flax" in line
+    assert not (tmp_path / "run").exists()
+
+    api = subprocess.run([sys.executable, "-c", "import jinject; jinject.train"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert api.returncode == 1
+    assert "jinject.versions.FlaxMismatch: flax " in api.stderr and "pip install -U flax" in api.stderr
