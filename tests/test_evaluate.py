@@ -10,6 +10,7 @@ subspace breaks it while noise in a random subspace of the same dimension does n
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -383,9 +384,14 @@ def test_evaluate_run_writes_eval_json_and_table(tmp_path, monkeypatch):
     import jinject.generation
 
     monkeypatch.setattr(jinject.generation, "generate", fake_generate, raising=False)
+    start = time.perf_counter()
     res = ev.evaluate_run(_fake_run(False), n_examples=10, n_decode=10, n_text_windows=2, text_seq_len=16,
                           noise_norms=(0.0, 30.0), out=tmp_path)
+    wall = time.perf_counter() - start
     saved = json.loads((tmp_path / "eval.json").read_text())
+    # where the evaluation's time went, one entry per stage, adding up to no more than its wall time
+    assert list(saved["seconds"]) == ["accuracy/test", "accuracy/ood_long", "retention", "decoding", "causal"]
+    assert all(t > 0 for t in saved["seconds"].values()) and sum(saved["seconds"].values()) <= wall
     assert saved["accuracy"]["test"]["accuracy"] == 1.0 and saved["accuracy"]["ood_long"]["n"] == 10
     assert saved["decoding"]["mean"] == 1.0
     assert saved["causal"]["answer_subspace"][0] == 1.0
@@ -395,6 +401,7 @@ def test_evaluate_run_writes_eval_json_and_table(tmp_path, monkeypatch):
 
     base = ev.evaluate_run(_fake_run(True), n_examples=6, n_text_windows=2, text_seq_len=16)
     assert base["decoding"] is None and base["causal"] is None
+    assert list(base["seconds"]) == ["accuracy/test", "accuracy/ood_long", "retention"]
     assert "n/a (baseline" in ev.format_table(base)
 
 

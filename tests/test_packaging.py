@@ -140,8 +140,9 @@ def test_a_flax_that_does_not_import_beside_jax_is_named_with_its_fix(tmp_path):
         "raise AttributeError(\"module 'jax.experimental.hijax' has no attribute 'HiPrimitive'\")\n")
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
 
-    cli = subprocess.run([sys.executable, "-m", "jinject", "train", "--task", "shuffle-dyck", "--out", str(tmp_path / "run")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    train = ["train", "--task", "shuffle-dyck", "--out", str(tmp_path / "run")]
+    cli = subprocess.run([sys.executable, "-m", "jinject", *train], capture_output=True, text=True, env=env,
+                         cwd=tmp_path)
     assert cli.returncode == 2, cli.stderr
     (line,) = cli.stderr.strip().splitlines()
     assert line.startswith("jinject train: error: flax ") and "HiPrimitive" in line and "pip install -U flax" in line

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,14 @@ def split_examples(task: Task, split: str, n: int, seed: int, teacher: Teacher |
     return task.examples(split, n, seed)
 
 
+@contextmanager
+def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    """Wall seconds of one stage (its compilation included), so a slow evaluation says where its time went."""
+    start = time.perf_counter()
+    yield
+    seconds[stage] = round(time.perf_counter() - start, 3)
+
+
 def evaluate_run(
     run: Run,
     settings: EvalConfig | None = None,
@@ -64,21 +74,24 @@ def evaluate_run(
                      "text_seq_len": s.text_seq_len, "eval_seed": s.seed},
     }
 
+    seconds: dict[str, float] = {}
     accuracy = {}
     test_examples = None
     for split in splits:
         say(f"accuracy on {split}")
-        examples = split_examples(task, split, s.n_examples, s.seed, teacher)
-        if split == "test":
-            test_examples = examples
-        accuracy[split] = generation_accuracy(run.model, encoder, examples, batch_size=s.batch_size)
+        with timed(seconds, f"accuracy/{split}"):
+            examples = split_examples(task, split, s.n_examples, s.seed, teacher)
+            if split == "test":
+                test_examples = examples
+            accuracy[split] = generation_accuracy(run.model, encoder, examples, batch_size=s.batch_size)
     results["accuracy"] = accuracy
 
     if run.original is not None:
         say("language retention")
-        heldout = split_corpus(load_corpus(config.corpus))[1]
-        windows = text_windows(heldout, tokenizer, s.text_seq_len, s.n_text_windows)
-        results["retention"] = retention(run.original, run.model, windows, batch_size=min(s.batch_size, 8))
+        with timed(seconds, "retention"):
+            heldout = split_corpus(load_corpus(config.corpus))[1]
+            windows = text_windows(heldout, tokenizer, s.text_seq_len, s.n_text_windows)
+            results["retention"] = retention(run.original, run.model, windows, batch_size=min(s.batch_size, 8))
     else:
         results["retention"] = None
 
@@ -93,16 +106,19 @@ def evaluate_run(
             raise ValueError(f"no test example fits the teacher's max_seq_len={teacher.max_seq_len}")
         index = run.student_index
         say("decoding accuracy")
-        dec_arrays = encode_examples(fitting[: s.n_decode], encoder, teacher)
-        results["decoding"] = decoding_accuracy(run.model, teacher, run.adapter, index, dec_arrays,
-                                                batch_size=min(s.batch_size, 16))
-        results["decoding"]["answer_var"] = teacher.answer_var
+        with timed(seconds, "decoding"):
+            dec_arrays = encode_examples(fitting[: s.n_decode], encoder, teacher)
+            results["decoding"] = decoding_accuracy(run.model, teacher, run.adapter, index, dec_arrays,
+                                                    batch_size=min(s.batch_size, 16))
+            results["decoding"]["answer_var"] = teacher.answer_var
         say("causal test")
-        n_c = s.n_causal if s.n_causal is not None else s.n_examples
-        causal_arrays = encode_examples(test_examples[:n_c], encoder, None)
-        results["causal"] = causal_test(run.model, run.adapter, teacher.answer_dims, teacher.n_layers,
-                                        run.intervene_at, causal_arrays, norms=s.noise_norms,
-                                        relative=s.relative_noise, batch_size=s.batch_size, seed=s.seed)
+        with timed(seconds, "causal"):
+            n_c = s.n_causal if s.n_causal is not None else s.n_examples
+            causal_arrays = encode_examples(test_examples[:n_c], encoder, None)
+            results["causal"] = causal_test(run.model, run.adapter, teacher.answer_dims, teacher.n_layers,
+                                            run.intervene_at, causal_arrays, norms=s.noise_norms,
+                                            relative=s.relative_noise, batch_size=s.batch_size, seed=s.seed)
+    results["seconds"] = seconds
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         from jinject.rundir import finite_or_none
