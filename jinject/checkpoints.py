@@ -68,7 +68,7 @@ def _placeholder_target(template: TrainState, config: TrainConfig) -> Tree:
 
 def _without_placeholder(restored: Tree, template: TrainState) -> Tree:
     """The template's layout and dtypes filled with the restored leaves of the same path (drops the
-    placeholder; a leaf saved in another dtype is cast, see `_in_saved_dtypes`)."""
+    placeholder; a leaf saved in another dtype is cast, see `_saved_target`)."""
     by_path = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(restored)}
     paths, treedef = jax.tree_util.tree_flatten_with_path(state_tree(template))
     return jax.tree_util.tree_unflatten(treedef, [by_path[jax.tree_util.keystr(p)].astype(x.dtype) for p, x in paths])
@@ -79,34 +79,30 @@ def _key_names(path: tuple) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
-def _in_saved_dtypes(manager: Any, step: int, target: Tree) -> Tree:
-    """`target` with each leaf in the dtype step `step` was saved in. A run written with bfloat16 weights
-    (before --dtype bfloat16 kept its weights float32) then restores bit for bit, so its digest checks;
-    `_without_placeholder` casts to the template afterwards."""
+def _saved_target(manager: Any, step: int, template: TrainState, config: TrainConfig) -> Tree:
+    """The abstract tree step `step` was saved as, read from its metadata once: the template's layout (or an
+    old baseline's, with the placeholder adapter) with each leaf in the dtype it was saved in. A run written
+    with bfloat16 weights (before --dtype bfloat16 kept its weights float32) then restores bit for bit, so
+    its digest checks; `_without_placeholder` casts to the template afterwards."""
     try:
         saved = manager.item_metadata(step)
     except Exception:  # noqa: BLE001 - a damaged step: the restore itself reports it
-        return target
+        if template.adapter is None:
+            raise  # an adapter-less template has to know whether the step holds the placeholder
+        saved = None
+    holds_placeholder = template.adapter is None and saved is not None and saved.get("adapter") is not None
+    target = _placeholder_target(template, config) if holds_placeholder else _abstract(state_tree(template))
     dtypes = {_key_names(p): m.dtype for p, m in jax.tree_util.tree_leaves_with_path(saved or {})
               if getattr(m, "dtype", None) is not None}
     return jax.tree_util.tree_map_with_path(
         lambda p, x: jax.ShapeDtypeStruct(x.shape, dtypes.get(_key_names(p), x.dtype), sharding=x.sharding), target)
 
 
-def _holds_placeholder(manager: Any, step: int, template: TrainState) -> bool:
-    if template.adapter is not None:
-        return False
-    saved = manager.item_metadata(step)
-    return saved is not None and saved.get("adapter") is not None
-
-
 def restore(manager: Any, template: TrainState, ckpt_dir: Path, config: TrainConfig,
             step: int | None = None) -> tuple[TrainState, rundir.Restored]:
     """The newest usable checkpoint (or step `step`) restored in the template's layout and placement; see
     `rundir.restore_newest_readable` for what is skipped and when it raises."""
-    new = _abstract(state_tree(template))
-    target: Callable[[int], Tree] = lambda s: _in_saved_dtypes(
-        manager, s, _placeholder_target(template, config) if _holds_placeholder(manager, s, template) else new)
+    target: Callable[[int], Tree] = lambda s: _saved_target(manager, s, template, config)
     restored = rundir.restore_newest_readable(manager, target, ckpt_dir, step)
     return TrainState(**_without_placeholder(restored.state, template)), restored
 
