@@ -13,6 +13,11 @@ student that ignores the unknown pair would say) differs from the right one. Per
 - acc: exact-match accuracy on the whole split (as in eval.json),
 - acc yes / acc no: accuracy on the balanced / the unbalanced strings (n yes / n no of them),
 - 3-pair differs: how many strings a student ignoring `<>` would get wrong.
+
+`--readout VAR` (aligned runs) also decodes the RASP variable VAR through the adapter at the marker (the
+last prompt token, top teacher layer, as `jinject decode`) and gives its mean over the balanced strings the
+run answers right, those it answers wrong, and the unbalanced strings: does the program's own variable,
+read from the LM, already call the string unbalanced where the answer does?
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import mean_std  # noqa: E402
 
 from jinject.data import PieceEncoder
+from jinject.decoding import decode_problem
 from jinject.evaluate.accuracy import generation_accuracy
 from jinject.evaluate.report import split_examples
 from jinject.tasks.dyck import OOD_PAIR, PAIRS, is_balanced
@@ -63,7 +69,20 @@ def print_config_means(per_config: dict[str, list[dict[str, float]]], cols: Sequ
         print(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
 
 
-def run_scores(run_dir: Path, split: str = SPLITS[0]) -> tuple[str, dict[str, float]]:
+def marker_readout(run: Any, examples: Sequence[Any], right: np.ndarray, yes: np.ndarray, var: str) -> dict[str, float]:
+    """Mean of `var` decoded at the marker over balanced-right, balanced-wrong and unbalanced strings."""
+    at_marker = []
+    for e in examples:
+        d = decode_problem(run, e.problem, with_generation=False)
+        if var not in d.student:
+            raise SystemExit(f"no variable {var!r}; the teacher's variables: {', '.join(d.variables)}")
+        at_marker.append(float(d.student[var][d.n_prompt - 1]))
+    values = np.array(at_marker)
+    groups = {"balanced right": yes & right, "balanced wrong": yes & ~right, "unbalanced": ~yes}
+    return {f"{var} {name}": float(values[m].mean()) if m.any() else float("nan") for name, m in groups.items()}
+
+
+def run_scores(run_dir: Path, split: str = SPLITS[0], readout: str | None = None) -> tuple[str, dict[str, float]]:
     """(configuration name, scores) of one run directory."""
     run, settings = load_dyck_run(run_dir)
     examples = split_examples(run.task, split, settings["n_examples"], settings["eval_seed"], None)
@@ -73,6 +92,8 @@ def run_scores(run_dir: Path, split: str = SPLITS[0]) -> tuple[str, dict[str, fl
     scores = {"acc": float(right.mean()), "acc yes": float(right[yes].mean()), "acc no": float(right[~yes].mean()),
               "n yes": int(yes.sum()), "n no": int((~yes).sum()),
               "3-pair differs": sum(three_pair_answer(e.problem) != e.answer for e in examples)}
+    if readout is not None and not run.config.baseline:
+        scores |= marker_readout(run, examples, right, yes, readout)
     return run_dir.name.rpartition("-s")[0], scores
 
 
@@ -81,17 +102,28 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="evaluated shuffle-dyck run directories")
     parser.add_argument("--split", choices=SPLITS, default=SPLITS[0],
                         help="ood-almost-balanced is left out: all its strings are unbalanced")
+    parser.add_argument("--readout", metavar="VAR", default=None,
+                        help="also decode this RASP variable at the marker (aligned runs), e.g. any_unmatched")
     args = parser.parse_args()
     per_config: dict[str, list[dict[str, float]]] = defaultdict(list)
     cols = ("acc", "acc yes", "acc no")
     print("| run | " + " | ".join(cols) + " | n yes / no | 3-pair differs |\n" + "|---" * (len(cols) + 3) + "|")
+    readouts: dict[str, dict[str, float]] = {}
     for run_dir in args.runs:
-        name, s = run_scores(run_dir, args.split)
+        name, s = run_scores(run_dir, args.split, args.readout)
         per_config[name].append(s)
         print(f"| {run_dir.name} | " + " | ".join(f"{s[c]:.3f}" for c in cols)
               + f" | {s['n yes']} / {s['n no']} | {s['3-pair differs']} |",
               flush=True)
+        if args.readout is not None and f"{args.readout} unbalanced" in s:
+            readouts[run_dir.name] = {k: v for k, v in s.items() if k.startswith(args.readout + " ")}
     print_config_means(per_config, cols)
+    if readouts:
+        heads = list(next(iter(readouts.values())))
+        print(f"\n`{args.readout}` decoded at the marker, mean over the strings of each group\n")
+        print("| run | " + " | ".join(heads) + " |\n" + "|---" * (len(heads) + 1) + "|")
+        for run_name, r in readouts.items():
+            print(f"| {run_name} | " + " | ".join(f"{r[h]:.2f}" for h in heads) + " |")
 
 
 if __name__ == "__main__":
