@@ -255,7 +255,9 @@ def write_tables(out: Path, records: list[dict[str, Any]], preset: dict[str, Any
         lines += [notes.read_text().strip(), ""]
     for task in sorted({r["task"] for r in rows}):
         seeds = sorted({rec["seed"] for rec in records if rec["task"] == task})
-        lines += [f"## {task}", "", f"seeds: {seeds}", "", "| metric | injected | baseline |", "|---|---|---|"]
+        steps = sorted({rec["step"] for rec in records if rec["task"] == task})
+        lines += [f"## {task}", "", f"seeds: {seeds}; trained steps: {steps}", "",
+                  "| metric | injected | baseline |", "|---|---|---|"]
         for r in rows:
             if r["task"] == task:
                 lines.append(f"| {r['metric']} | {_cell(r, 'injected')} | {_cell(r, 'baseline')} |")
@@ -351,8 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
 
     preset = load_preset(args.preset)
-    if args.model:
-        preset["train"] = {**preset.get("train", {}), "model": args.model}
+    for flag in ("model", "steps"):  # an override shows in the tables' settings line, as the runs used it
+        if getattr(args, flag) is not None:
+            preset["train"] = {**preset.get("train", {}), flag: getattr(args, flag)}
     out = Path(args.out or f"results/{preset['name']}")
     out.mkdir(parents=True, exist_ok=True)
     if not args.aggregate_only:

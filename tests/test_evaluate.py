@@ -528,6 +528,7 @@ def test_compare_tables_mean_and_std_over_seeds(tmp_path):
     (tmp_path / "notes.md").write_text("Status: two of three seeds.\n")
     md = cmp.write_tables(tmp_path, records, cmp.load_preset("cpu")).read_text()
     assert "Status: two of three seeds." in md
+    assert "seeds: [0, 1]; trained steps: [5]" in md  # what the runs did, whatever the preset says
     assert "| accuracy/test | 0.900 ± 0.141 (n=2) | 0.600 ± 0.141 (n=2) |" in md
     assert "| causal/noise 5: answer subspace | 0.100 ± 0.000 (n=2) | — |" in md
     # the training time counts every session of a resumed run (from metrics.jsonl), not the last call's
