@@ -39,11 +39,14 @@ def lazy_exports(package: str, public: dict[str, str]) -> tuple[Callable[[str], 
 
     def get(name: str) -> Any:
         if name in public:
-            from jinject.versions import check_flax_imports
-
-            check_flax_imports()
             module = public[name]
-            return getattr(importlib.import_module(package + module if module.startswith(".") else module), name)
+            try:
+                return getattr(importlib.import_module(package + module if module.startswith(".") else module), name)
+            except (ImportError, AttributeError):
+                from jinject.versions import check_flax_imports
+
+                check_flax_imports()  # a flax that does not import beside jax: say so and how to fix it
+                raise
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def names() -> list[str]:

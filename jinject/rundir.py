@@ -430,20 +430,13 @@ def finite_or_none(x: Any) -> Any:
     return x
 
 
-def _version(name: str) -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def environment() -> dict[str, Any]:
     """What a run's numbers depend on beyond its config: library versions, device, XLA flags, threads."""
     import platform
 
     import jax
+
+    from jinject.versions import installed
 
     cpu = ""
     with contextlib.suppress(OSError):
@@ -453,7 +446,7 @@ def environment() -> dict[str, Any]:
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
         "python": platform.python_version(),
-        **{name: _version(name) for name in ("jax", "jaxlib", "flax", "optax", "tracr-pypi")},
+        **{name: installed(name) for name in ("jax", "jaxlib", "flax", "optax", "tracr-pypi")},
         "backend": jax.default_backend(), "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
         "cpu": cpu, "cpu_count": os.cpu_count(), "cpus_usable": len(affinity(0)) if affinity else None,
         **{k: os.environ.get(k, "") for k in ("XLA_FLAGS", "OMP_NUM_THREADS")},

@@ -11,11 +11,12 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 
-def installed(name: str) -> str:
+def installed(name: str) -> str | None:
+    """The installed version of distribution `name`, or None."""
     try:
         return version(name)
     except PackageNotFoundError:
-        return "(not installed)"
+        return None
 
 
 class FlaxMismatch(ImportError):
@@ -27,8 +28,9 @@ def check_flax_imports() -> None:
     try:
         import flax.nnx  # noqa: F401
     except (ImportError, AttributeError) as e:
+        flax, jax = (installed(name) or "(not installed)" for name in ("flax", "jax"))
         raise FlaxMismatch(
-            f"flax {installed('flax')} does not import beside jax {installed('jax')} ({type(e).__name__}: {e}). "
+            f"flax {flax} does not import beside jax {jax} ({type(e).__name__}: {e}). "
             "flax must be a release made for this jax: upgrade it with `pip install -U flax` "
             "(jax 0.11 needs flax 0.12.10 or newer), or install the tested set with `make venv`"
         ) from e
