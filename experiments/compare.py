@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             run_in_parallel(jobs, args, out, preset)
         else:
             for k, (task, variant, seed) in enumerate(jobs, 1):
-                config = make_config(preset, task, variant, seed, args.steps)
+                config = make_config(preset, task, variant, seed)  # --steps is in preset["train"] by now
                 print(f"[{k}/{len(jobs)}] {task} {variant} seed {seed}: {config.model}, {config.steps} steps",
                       flush=True)
                 run_one(config, run_dir(out, task, variant, seed), eval_kwargs)
