@@ -18,6 +18,12 @@ student that ignores the unknown pair would say) differs from the right one. Per
 last prompt token, top teacher layer, as `jinject decode`) and gives its mean over the balanced strings the
 run answers right, those it answers wrong, and the unbalanced strings: does the program's own variable,
 read from the LM, already call the string unbalanced where the answer does?
+
+`--counts` (aligned runs) asks what the student makes of `<` and `>`: on the balanced strings, the program's
+`need` and `have` (at the marker: how many openers and closers the string has) decoded there, minus the true
+count with the new pair, and where `unmatched` (a closer with no opener left, or at the marker more openers
+than closers) is read (`count_readout`). If `<` counted as an opener and `>` not as a closer, `need` would
+exceed `have` at the marker and the program would say "no".
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,9 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import mean_std  # noqa: E402
 
 from jinject.data import PieceEncoder
-from jinject.decoding import decode_problem
 from jinject.evaluate.accuracy import generation_accuracy
+from jinject.evaluate.readout import calibrate_layer
 from jinject.evaluate.report import split_examples
+from jinject.objective import adapter_apply
 from jinject.tasks.dyck import OOD_PAIR, PAIRS, is_balanced
 from jinject.trainer import load_run
 
@@ -69,21 +77,90 @@ def print_config_means(per_config: dict[str, list[dict[str, float]]], cols: Sequ
         print(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
 
 
+def student_vectors(run: Any, examples: Sequence[Any], layer: int | None = None, batch: int = 32) -> list[np.ndarray]:
+    """The student's hidden states mapped through the adapter to teacher layer `layer` (default: the top) and
+    calibrated, `[tokens, D_teacher]` per example (prompt then answer pieces, teacher-forced, as `jinject
+    decode`), from the student alone: the teacher cannot read `<` or `>`. Right padding leaves a causal
+    model's real positions unchanged."""
+    layer = run.teacher.n_layers if layer is None else layer
+    encoder = PieceEncoder(run.tokenizer)
+    seqs = [encoder.encode([*p, *a]) for p, a in (run.task.pieces(e.problem) for e in examples)]
+    out = []
+    for i in range(0, len(seqs), batch):
+        chunk = seqs[i:i + batch]
+        width = max(map(len, chunk))
+        ids = np.asarray([q + [0] * (width - len(q)) for q in chunk], np.int32)
+        hidden = run.model(jnp.asarray(ids)).hidden_states[int(run.student_index[layer])]
+        mapped = np.asarray(adapter_apply(run.adapter, hidden, layer))
+        out += [calibrate_layer(run.teacher, m[:len(q)], layer) for q, m in zip(chunk, mapped, strict=True)]
+    return out
+
+
+def soft_value(run: Any, vector: np.ndarray, var: str) -> float:
+    """A categorical count read as a graded quantity: the mean of its values weighted by the (positive part
+    of the) one-hot's entries, where the argmax would round it to one value."""
+    info = run.teacher.var_info[var]
+    w = np.maximum(vector[info.dims], 0)
+    return float(np.dot(w, np.asarray(info.values, float)) / w.sum()) if w.sum() > 0 else np.nan
+
+
 def marker_readout(run: Any, examples: Sequence[Any], right: np.ndarray, yes: np.ndarray, var: str) -> dict[str, float]:
     """Mean of `var` decoded at the marker over balanced-right, balanced-wrong and unbalanced strings."""
-    at_marker = []
-    for e in examples:
-        d = decode_problem(run, e.problem, with_generation=False)
-        if var not in d.student:
-            raise SystemExit(f"no variable {var!r}; the teacher's variables: {', '.join(d.variables)}")
-        at_marker.append(float(d.student[var][d.n_prompt - 1]))
-    values = np.array(at_marker)
+    decoded = [run.teacher.decode(v) for v in student_vectors(run, examples)]
+    if var not in decoded[0]:
+        raise SystemExit(f"no variable {var!r}; the teacher's variables: {', '.join(sorted(decoded[0]))}")
+    n_prompt = [len(run.task.pieces(e.problem)[0]) for e in examples]
+    values = np.array([float(d[var][n - 1]) for d, n in zip(decoded, n_prompt, strict=True)])
     groups = {"balanced right": yes & right, "balanced wrong": yes & ~right, "unbalanced": ~yes}
     return {f"{var} {name}": float(values[m].mean()) if m.any() else float("nan") for name, m in groups.items()}
 
 
-def run_scores(run_dir: Path, split: str = SPLITS[0], readout: str | None = None) -> tuple[str, dict[str, float]]:
-    """(configuration name, scores) of one run directory."""
+def as_float(value: Any) -> float:
+    """A decoded value as a number; NaN where the one-hot was empty (None)."""
+    return np.nan if value is None else float(value)
+
+
+def count_readout(run: Any, examples: Sequence[Any], right: np.ndarray, yes: np.ndarray) -> dict[str, float]:
+    """What the program's counts make of `<` and `>`, on the balanced strings (answered right / wrong): at
+    the marker, decoded `need`/`have` minus the true number of openers/closers with the new pair, the
+    fraction of strings where both decode, their graded difference (`soft_value`), and `unmatched` at the
+    marker and before it."""
+    vectors = student_vectors(run, examples)
+    scores: dict[str, float] = {}
+    rows = []
+    for e, v in zip(examples, vectors, strict=True):
+        d = run.teacher.decode(v)
+        marker = len(run.task.pieces(e.problem)[0]) - 1
+        first = marker - len(e.problem)  # the first symbol's position (framing pieces come before it)
+        need, have = (as_float(d[var][marker]) for var in ("need", "have"))
+        rows.append({
+            "<> pairs": e.problem.count(OOD_PAIR[0]),
+            "need-open4": need - sum(c in "([{<" for c in e.problem),
+            "have-close4": have - sum(c in ")]}>" for c in e.problem),
+            "both decode": float(not np.isnan(need - have)),
+            "soft need-have": soft_value(run, v[marker], "need") - soft_value(run, v[marker], "have"),
+            "unmatched at marker": as_float(d["unmatched"][marker]),
+            "unmatched before": max((as_float(x) for x in d["unmatched"][first:marker]), default=np.nan),
+        })
+    for group, mask in (("right", yes & right), ("wrong", yes & ~right)):
+        chosen = [r for r, m in zip(rows, mask, strict=True) if m]
+        if chosen:
+            scores[f"n ({group})"] = len(chosen)
+            scores |= {f"{k} ({group})": float(np.nanmean([r[k] for r in chosen])) for k in chosen[0]}
+    return scores
+
+
+def accuracy_by_new_pairs(examples: Sequence[Any], right: np.ndarray, yes: np.ndarray) -> dict[str, float]:
+    """Accuracy on the balanced strings with 1, 2 and 3 or more `<>` pairs: does each unseen pair tip them?"""
+    pairs = np.array([e.problem.count(OOD_PAIR[0]) for e in examples])
+    groups = {"1 <>": pairs == 1, "2 <>": pairs == 2, ">=3 <>": pairs >= 3}
+    return {f"{name} (n)": float((m & yes).sum()) for name, m in groups.items()} | {
+        f"{name} (acc)": float(right[m & yes].mean()) for name, m in groups.items() if (m & yes).any()}
+
+
+def run_scores(run_dir: Path, split: str = SPLITS[0], readout: str | None = None, counts: bool = False
+               ) -> tuple[str, dict[str, float], dict[str, dict[str, float]]]:
+    """(configuration name, scores, {table title: the readout scores} of an aligned run) of one run directory."""
     run, settings = load_dyck_run(run_dir)
     examples = split_examples(run.task, split, settings["n_examples"], settings["eval_seed"], None)
     res = generation_accuracy(run.model, PieceEncoder(run.tokenizer), examples, return_outputs=True)
@@ -92,9 +169,17 @@ def run_scores(run_dir: Path, split: str = SPLITS[0], readout: str | None = None
     scores = {"acc": float(right.mean()), "acc yes": float(right[yes].mean()), "acc no": float(right[~yes].mean()),
               "n yes": int(yes.sum()), "n no": int((~yes).sum()),
               "3-pair differs": sum(three_pair_answer(e.problem) != e.answer for e in examples)}
+    readouts = {}
     if readout is not None and not run.config.baseline:
-        scores |= marker_readout(run, examples, right, yes, readout)
-    return run_dir.name.rpartition("-s")[0], scores
+        readouts[f"`{readout}` decoded at the marker, mean over the strings of each group"] = (
+            marker_readout(run, examples, right, yes, readout))
+    if counts:
+        readouts["Accuracy on the balanced strings by their number of `<>` pairs"] = (
+            accuracy_by_new_pairs(examples, right, yes))
+    if counts and not run.config.baseline:
+        readouts["Balanced strings, the program's counts read from the student (`count_readout`)"] = (
+            count_readout(run, examples, right, yes))
+    return run_dir.name.rpartition("-s")[0], scores, readouts
 
 
 def main() -> None:
@@ -104,26 +189,28 @@ def main() -> None:
                         help="ood-almost-balanced is left out: all its strings are unbalanced")
     parser.add_argument("--readout", metavar="VAR", default=None,
                         help="also decode this RASP variable at the marker (aligned runs), e.g. any_unmatched")
+    parser.add_argument("--counts", action="store_true",
+                        help="also read the program's counts on the balanced strings (aligned runs; see above)")
     args = parser.parse_args()
     per_config: dict[str, list[dict[str, float]]] = defaultdict(list)
     cols = ("acc", "acc yes", "acc no")
     print("| run | " + " | ".join(cols) + " | n yes / no | 3-pair differs |\n" + "|---" * (len(cols) + 3) + "|")
-    readouts: dict[str, dict[str, float]] = {}
+    tables: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
     for run_dir in args.runs:
-        name, s = run_scores(run_dir, args.split, args.readout)
+        name, s, readouts = run_scores(run_dir, args.split, args.readout, args.counts)
         per_config[name].append(s)
         print(f"| {run_dir.name} | " + " | ".join(f"{s[c]:.3f}" for c in cols)
               + f" | {s['n yes']} / {s['n no']} | {s['3-pair differs']} |",
               flush=True)
-        if args.readout is not None and f"{args.readout} unbalanced" in s:
-            readouts[run_dir.name] = {k: v for k, v in s.items() if k.startswith(args.readout + " ")}
+        for title, r in readouts.items():
+            tables[title][run_dir.name] = r
     print_config_means(per_config, cols)
-    if readouts:
-        heads = list(next(iter(readouts.values())))
-        print(f"\n`{args.readout}` decoded at the marker, mean over the strings of each group\n")
+    for title, rows in tables.items():
+        heads = sorted({h for r in rows.values() for h in r}, key=lambda h: (h.split(" (")[-1], h))
+        print(f"\n{title}\n")
         print("| run | " + " | ".join(heads) + " |\n" + "|---" * (len(heads) + 1) + "|")
-        for run_name, r in readouts.items():
-            print(f"| {run_name} | " + " | ".join(f"{r[h]:.2f}" for h in heads) + " |")
+        for run_name, r in rows.items():
+            print(f"| {run_name} | " + " | ".join(f"{r.get(h, np.nan):.2f}" for h in heads) + " |")
 
 
 if __name__ == "__main__":
