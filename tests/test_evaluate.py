@@ -486,6 +486,36 @@ def _compare_module():
     return mod
 
 
+def test_batched_student_decoding_equals_jinject_decode(tmp_path):
+    """experiments/new_pair_errors.py decodes many problems at once, right-padded, from the student alone;
+    every variable at every token must read as `jinject decode` reads it one problem at a time."""
+    import importlib.util
+    from pathlib import Path
+
+    import tiny
+
+    from jinject.decoding import decode_problem
+    from jinject.trainer import train
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "new_pair_errors.py"
+    spec = importlib.util.spec_from_file_location("jinject_new_pair_errors", path)
+    npe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(npe)
+    run = train(tiny.config(steps=2, checkpoint_every=2, log_every=1), tmp_path / "run",
+                components=tiny.components(), progress=False)
+    problems = ["()", "([)]", "(((", "{}[](", "]"]  # mixed lengths: batches of 3 pad the shorter ones
+    vectors = npe.student_vectors(run, [run.task.example(p) for p in problems], batch=3)
+    for problem, vector in zip(problems, vectors, strict=True):
+        d = decode_problem(run, problem, with_generation=False)
+        got = run.teacher.decode(vector)
+        assert len(vector) == len(d.pieces)
+        for var in d.variables:
+            if d.kinds[var] == "numerical":
+                np.testing.assert_allclose(got[var].astype(float), d.student[var].astype(float), atol=1e-4)
+            else:
+                assert list(got[var]) == list(d.student[var]), (problem, var)
+
+
 def test_compare_tables_mean_and_std_over_seeds(tmp_path):
     cmp = _compare_module()
     for name in ("cpu", "paper"):  # the presets build valid configs for every task and variant
