@@ -104,20 +104,28 @@ def soft_value(run: Any, vector: np.ndarray, var: str) -> float:
     return float(np.dot(w, np.asarray(info.values, float)) / w.sum()) if w.sum() > 0 else np.nan
 
 
-def marker_readout(run: Any, examples: Sequence[Any], right: np.ndarray, yes: np.ndarray, var: str) -> dict[str, float]:
-    """Mean of `var` decoded at the marker over balanced-right, balanced-wrong and unbalanced strings."""
-    decoded = [run.teacher.decode(v) for v in student_vectors(run, examples)]
-    if var not in decoded[0]:
-        raise SystemExit(f"no variable {var!r}; the teacher's variables: {', '.join(sorted(decoded[0]))}")
-    n_prompt = [len(run.task.pieces(e.problem)[0]) for e in examples]
-    values = np.array([float(d[var][n - 1]) for d, n in zip(decoded, n_prompt, strict=True)])
-    groups = {"balanced right": yes & right, "balanced wrong": yes & ~right, "unbalanced": ~yes}
-    return {f"{var} {name}": float(values[m].mean()) if m.any() else float("nan") for name, m in groups.items()}
-
-
 def as_float(value: Any) -> float:
     """A decoded value as a number; NaN where the one-hot was empty (None)."""
     return np.nan if value is None else float(value)
+
+
+def check_readout(run: Any, var: str) -> None:
+    """Refuse, before any work, a variable the teacher lacks or whose values have no mean."""
+    if var not in run.teacher.var_info:
+        raise SystemExit(f"no variable {var!r}; the teacher's variables: {', '.join(sorted(run.teacher.var_info))}")
+    info = run.teacher.var_info[var]
+    if info.categorical and not all(isinstance(x, (bool, int, float, np.number)) for x in info.values):
+        raise SystemExit(f"--readout {var}: its values {info.values[:6]} are not numbers, so they have no mean; "
+                         "choose a numerical or a number-valued variable, e.g. any_unmatched or need")
+
+
+def marker_readout(run: Any, examples: Sequence[Any], right: np.ndarray, yes: np.ndarray, var: str) -> dict[str, float]:
+    """Mean of `var` decoded at the marker over balanced-right, balanced-wrong and unbalanced strings."""
+    decoded = [run.teacher.decode(v) for v in student_vectors(run, examples)]
+    n_prompt = [len(run.task.pieces(e.problem)[0]) for e in examples]
+    values = np.array([as_float(d[var][n - 1]) for d, n in zip(decoded, n_prompt, strict=True)])
+    groups = {"balanced right": yes & right, "balanced wrong": yes & ~right, "unbalanced": ~yes}
+    return {f"{var} {name}": float(np.nanmean(values[m])) if m.any() else np.nan for name, m in groups.items()}
 
 
 def count_readout(run: Any, examples: Sequence[Any], right: np.ndarray, yes: np.ndarray) -> dict[str, float]:
@@ -162,6 +170,8 @@ def run_scores(run_dir: Path, split: str = SPLITS[0], readout: str | None = None
                ) -> tuple[str, dict[str, float], dict[str, dict[str, float]]]:
     """(configuration name, scores, {table title: the readout scores} of an aligned run) of one run directory."""
     run, settings = load_dyck_run(run_dir)
+    if readout is not None and not run.config.baseline:
+        check_readout(run, readout)
     examples = split_examples(run.task, split, settings["n_examples"], settings["eval_seed"], None)
     res = generation_accuracy(run.model, PieceEncoder(run.tokenizer), examples, return_outputs=True)
     right = np.array(res["correct"])
