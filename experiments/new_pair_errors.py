@@ -23,7 +23,8 @@ read from the LM, already call the string unbalanced where the answer does?
 `need` and `have` (at the marker: how many openers and closers the string has) decoded there, minus the true
 count with the new pair, and where `unmatched` (a closer with no opener left, or at the marker more openers
 than closers) is read (`count_readout`). If `<` counted as an opener and `>` not as a closer, `need` would
-exceed `have` at the marker and the program would say "no".
+exceed `have` at the marker and the program would say "no". For every run it also gives the accuracy on the
+balanced strings by their number of `<>` pairs.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from jinject.tasks.dyck import OOD_PAIR, PAIRS, is_balanced
 from jinject.trainer import load_run
 
 SPLITS = ("ood-new-pair", "ood-length", "test")  # the shuffle-dyck splits with both answers
+OPENERS, CLOSERS = ("".join(p[i] for p in (*PAIRS, OOD_PAIR)) for i in (0, 1))  # the new pair included
 
 
 def three_pair_answer(problem: str) -> str:
@@ -119,6 +121,12 @@ def check_readout(run: Any, var: str) -> None:
                          "choose a numerical or a number-valued variable, e.g. any_unmatched or need")
 
 
+def any_true(values: Sequence[float]) -> float:
+    """1 if any value is true, 0 if none is, NaN if none decoded (None) or there are none."""
+    known = [v for v in values if not np.isnan(v)]
+    return float(any(known)) if known else np.nan
+
+
 def marker_readout(run: Any, examples: Sequence[Any], right: np.ndarray, yes: np.ndarray, var: str) -> dict[str, float]:
     """Mean of `var` decoded at the marker over balanced-right, balanced-wrong and unbalanced strings."""
     decoded = [run.teacher.decode(v) for v in student_vectors(run, examples)]
@@ -143,12 +151,12 @@ def count_readout(run: Any, examples: Sequence[Any], right: np.ndarray, yes: np.
         need, have = (as_float(d[var][marker]) for var in ("need", "have"))
         rows.append({
             "<> pairs": e.problem.count(OOD_PAIR[0]),
-            "need-open4": need - sum(c in "([{<" for c in e.problem),
-            "have-close4": have - sum(c in ")]}>" for c in e.problem),
+            "need-open4": need - sum(c in OPENERS for c in e.problem),
+            "have-close4": have - sum(c in CLOSERS for c in e.problem),
             "both decode": float(not np.isnan(need - have)),
             "soft need-have": soft_value(run, v[marker], "need") - soft_value(run, v[marker], "have"),
             "unmatched at marker": as_float(d["unmatched"][marker]),
-            "unmatched before": max((as_float(x) for x in d["unmatched"][first:marker]), default=np.nan),
+            "unmatched before": any_true([as_float(x) for x in d["unmatched"][first:marker]]),
         })
     for group, mask in (("right", yes & right), ("wrong", yes & ~right)):
         chosen = [r for r, m in zip(rows, mask, strict=True) if m]
