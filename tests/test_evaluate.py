@@ -646,6 +646,13 @@ def test_ablation_configs_and_table(tmp_path, capsys):
     # the marker readout over the last steps and the fraction of steps the (gated) intervention cut
     assert "| today | 0.625 ± 0.177 | 0.250 ± 0.354 |" in md
     assert abl.write_readout_figure(tmp_path).read_bytes()[:4] == b"\x89PNG"  # both runs logged the readout
+    # a step-budget override shows in the title; a step count below 1 is refused before any work
+    assert abl.main(["--aggregate-only", "--steps", "900", "--out", str(tmp_path)]) == 0
+    title = (tmp_path / "results.md").read_text().splitlines()[0]
+    assert title.startswith("# shuffle-dyck ablation (cpu preset: smollm2-135m, 900 steps")
+    with pytest.raises(SystemExit):
+        abl.main(["--steps", "0", "--aggregate-only", "--out", str(tmp_path)])
+    assert "--steps must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_the_committed_results_page_carries_the_committed_notes():
