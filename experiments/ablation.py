@@ -4,12 +4,14 @@
     python experiments/ablation.py --configs all-fixes+stride2 baseline+frame-bos --seeds 2
     python experiments/ablation.py --aggregate-only        # tables from finished runs
     python experiments/ablation.py --task count --seeds 0  # the chosen settings' parts on another task
+    python experiments/ablation.py --configs all-fixes+stride2-intervene --seeds 1 --steps 900 --out DIR
 
-Every configuration is the `cpu` preset's shuffle-dyck run (smollm2-135m, 300 steps, inputs of up to 12
-brackets) with a few settings changed; each trains into OUT/runs/<config>-s<seed> (resumable, like
-compare.py: a finished eval.json is reused) and the table OUT/results.md gives mean ± std over seeds of
-accuracy (test, every OOD split), retention, decoding per variable (at the layer that writes it, over all
-positions and at the marker) and the causal test with noise relative to the residual norm.
+Every configuration is the `cpu` preset's shuffle-dyck run (smollm2-135m, 300 steps unless `--steps` says
+otherwise, inputs of up to 12 brackets) with a few settings changed; each trains into
+OUT/runs/<config>-s<seed> (resumable, like compare.py: a finished eval.json is reused) and the table
+OUT/results.md gives mean ± std over seeds of accuracy (test, every OOD split), retention, decoding per
+variable (at the layer that writes it, over all positions and at the marker) and the causal test with noise
+relative to the residual norm.
 
 "today" is the objective as it was before this ablation (intervention on the top aligned hidden state,
 every teacher dimension aligned, bare symbols, adapter lr 10x the student's, uniform positions); each
