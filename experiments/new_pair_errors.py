@@ -37,7 +37,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,10 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import mean_std  # noqa: E402
 
 from jinject.data import PieceEncoder
+from jinject.decoding import student_mapped
 from jinject.evaluate.accuracy import generation_accuracy
 from jinject.evaluate.readout import calibrate_layer
 from jinject.evaluate.report import split_examples
-from jinject.objective import adapter_apply
 from jinject.tasks.dyck import OOD_PAIR, PAIRS, is_balanced
 from jinject.trainer import load_run
 
@@ -82,8 +81,7 @@ def print_config_means(per_config: dict[str, list[dict[str, float]]], cols: Sequ
 def student_vectors(run: Any, examples: Sequence[Any], layer: int | None = None, batch: int = 32) -> list[np.ndarray]:
     """The student's hidden states mapped through the adapter to teacher layer `layer` (default: the top) and
     calibrated, `[tokens, D_teacher]` per example (prompt then answer pieces, teacher-forced, as `jinject
-    decode`), from the student alone: the teacher cannot read `<` or `>`. Right padding leaves a causal
-    model's real positions unchanged."""
+    decode`), from the student alone (`student_mapped`): the teacher cannot read `<` or `>`."""
     layer = run.teacher.n_layers if layer is None else layer
     encoder = PieceEncoder(run.tokenizer)
     seqs = [encoder.encode([*p, *a]) for p, a in (run.task.pieces(e.problem) for e in examples)]
@@ -92,8 +90,7 @@ def student_vectors(run: Any, examples: Sequence[Any], layer: int | None = None,
         chunk = seqs[i:i + batch]
         width = max(map(len, chunk))
         ids = np.asarray([q + [0] * (width - len(q)) for q in chunk], np.int32)
-        hidden = run.model(jnp.asarray(ids)).hidden_states[int(run.student_index[layer])]
-        mapped = np.asarray(adapter_apply(run.adapter, hidden, layer))
+        mapped = student_mapped(run, ids, layer)
         out += [calibrate_layer(run.teacher, m[:len(q)], layer) for q, m in zip(chunk, mapped, strict=True)]
     return out
 

@@ -65,6 +65,16 @@ def format_value(x: Any, kind: str) -> str:
     return str(x)
 
 
+def student_mapped(run: Run, ids: np.ndarray, layer: int) -> np.ndarray:
+    """The student's hidden states aligned with teacher layer `layer`, mapped through the adapter, `[B, T,
+    D_teacher]` for token ids `[B, T]`: the student alone, for inputs the teacher cannot read. Per position,
+    so right padding leaves a causal model's real positions unchanged."""
+    from jinject.objective import adapter_apply
+
+    hidden = run.model(jnp.asarray(ids)).hidden_states[int(run.student_index[layer])]
+    return np.asarray(adapter_apply(run.adapter, hidden, layer))
+
+
 def decode_problem(run: Run, problem: str, layer: int | None = None, with_generation: bool = True) -> Decoded:
     """Decode every variable at every token of `problem` (a compact problem string, e.g. "([)]", or the
     prompt text itself)."""
@@ -99,11 +109,7 @@ def decode_problem(run: Run, problem: str, layer: int | None = None, with_genera
         mapped, resid = mapped_and_teacher(run.model, teacher, run.adapter, index)(ids, t_ids)
         mapped, resid = np.asarray(mapped)[layer, 0], np.asarray(resid)[layer, 0]
     else:  # the teacher cannot hold it: decode the student alone
-        from jinject.objective import adapter_apply
-
-        hidden = run.model(jnp.asarray(ids)).hidden_states
-        mapped = np.asarray(adapter_apply(run.adapter, hidden[int(index[layer])], layer))[0]
-        resid = None
+        mapped, resid = student_mapped(run, ids, layer)[0], None
     s_vals = teacher.decode(calibrate_layer(teacher, mapped, layer))
     t_vals = teacher.decode(resid) if resid is not None else None
     variables = [v for v in sorted(s_vals) if v not in SKIP_VARIABLES]
