@@ -124,21 +124,23 @@ def any_true(values: Sequence[float]) -> float:
     return float(any(known)) if known else np.nan
 
 
-def marker_readout(run: Any, examples: Sequence[Any], right: np.ndarray, yes: np.ndarray, var: str) -> dict[str, float]:
-    """Mean of `var` decoded at the marker over balanced-right, balanced-wrong and unbalanced strings."""
-    decoded = [run.teacher.decode(v) for v in student_vectors(run, examples)]
+def marker_readout(run: Any, examples: Sequence[Any], vectors: Sequence[np.ndarray], right: np.ndarray,
+                   yes: np.ndarray, var: str) -> dict[str, float]:
+    """Mean of `var` decoded at the marker over balanced-right, balanced-wrong and unbalanced strings
+    (`vectors`: the examples' `student_vectors`)."""
+    decoded = [run.teacher.decode(v) for v in vectors]
     n_prompt = [len(run.task.pieces(e.problem)[0]) for e in examples]
     values = np.array([as_float(d[var][n - 1]) for d, n in zip(decoded, n_prompt, strict=True)])
     groups = {"balanced right": yes & right, "balanced wrong": yes & ~right, "unbalanced": ~yes}
     return {f"{var} {name}": float(np.nanmean(values[m])) if m.any() else np.nan for name, m in groups.items()}
 
 
-def count_readout(run: Any, examples: Sequence[Any], right: np.ndarray, yes: np.ndarray) -> dict[str, float]:
+def count_readout(run: Any, examples: Sequence[Any], vectors: Sequence[np.ndarray], right: np.ndarray,
+                  yes: np.ndarray) -> dict[str, float]:
     """What the program's counts make of `<` and `>`, on the balanced strings (answered right / wrong): at
     the marker, decoded `need`/`have` minus the true number of openers/closers with the new pair, the
     fraction of strings where both decode, their graded difference (`soft_value`), and `unmatched` at the
-    marker and before it."""
-    vectors = student_vectors(run, examples)
+    marker and before it (`vectors`: the examples' `student_vectors`)."""
     scores: dict[str, float] = {}
     rows = []
     for e, v in zip(examples, vectors, strict=True):
@@ -175,7 +177,7 @@ def run_scores(run_dir: Path, split: str = SPLITS[0], readout: str | None = None
                ) -> tuple[str, dict[str, float], dict[str, dict[str, float]]]:
     """(configuration name, scores, {table title: the readout scores} of an aligned run) of one run directory."""
     run, settings = load_dyck_run(run_dir)
-    if readout is not None and not run.config.baseline:
+    if readout is not None and not run.config.baseline:  # before any work
         check_readout(run, readout)
     examples = split_examples(run.task, split, settings["n_examples"], settings["eval_seed"], None)
     res = generation_accuracy(run.model, PieceEncoder(run.tokenizer), examples, return_outputs=True)
@@ -185,15 +187,17 @@ def run_scores(run_dir: Path, split: str = SPLITS[0], readout: str | None = None
               "n yes": int(yes.sum()), "n no": int((~yes).sum()),
               "3-pair differs": sum(three_pair_answer(e.problem) != e.answer for e in examples)}
     readouts = {}
-    if readout is not None and not run.config.baseline:
+    aligned = not run.config.baseline
+    vectors = student_vectors(run, examples) if aligned and (readout is not None or counts) else []
+    if readout is not None and aligned:
         readouts[f"`{readout}` decoded at the marker, mean over the strings of each group"] = (
-            marker_readout(run, examples, right, yes, readout))
+            marker_readout(run, examples, vectors, right, yes, readout))
     if counts:
         readouts["Accuracy on the balanced strings by their number of `<>` pairs"] = (
             accuracy_by_new_pairs(examples, right, yes))
-    if counts and not run.config.baseline:
+    if counts and aligned:
         readouts["Balanced strings, the program's counts read from the student (`count_readout`)"] = (
-            count_readout(run, examples, right, yes))
+            count_readout(run, examples, vectors, right, yes))
     return run_dir.name.rpartition("-s")[0], scores, readouts
 
 
