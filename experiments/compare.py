@@ -186,8 +186,35 @@ def collect(out: Path) -> list[dict[str, Any]]:
         res = load_eval(path)
         r = res.get("run", {})
         records.append({"task": r.get("task"), "variant": "baseline" if r.get("baseline") else "injected",
-                        "seed": r.get("seed"), "step": r.get("step"), "metrics": flatten(res), "eval": res})
+                        "seed": r.get("seed"), "step": r.get("step"), "metrics": flatten(res), "eval": res,
+                        "dir": path.parent})
     return records
+
+
+SETTING_KEYS = ("jax", "jaxlib", "device", "cpu", "cpus_usable", "XLA_FLAGS", "OMP_NUM_THREADS")
+
+
+def time_and_setting(records: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: the runs' summed wall time (the budget a preset is held to) and the execution settings
+    they trained under, from each run's environment.jsonl. XLA on a CPU rounds differently under other thread
+    settings, so a seed's numbers reproduce bit-for-bit only under the setting listed here."""
+    train = sum(r["metrics"].get("time/train seconds", 0.0) for r in records)
+    evaluation = sum(r["metrics"].get("time/eval seconds", 0.0) for r in records)
+    hours = (train + evaluation) / 3600
+    lines = ["## time and execution setting", "",
+             f"{len(records)} runs: {train:.0f} s training + {evaluation:.0f} s evaluation = {hours:.2f} h of one "
+             f"core, about {hours / 2:.2f} h with `--jobs 2` (two runs at once, one core each).", ""]
+    settings: dict[str, list[str]] = {}
+    for rec in records:
+        env = rec["dir"] / "environment.jsonl"
+        calls = [json.loads(line) for line in env.read_text().splitlines() if line.strip()] if env.exists() else []
+        keys = {json.dumps({k: c.get(k) for k in SETTING_KEYS}) for c in calls} or {"not recorded"}
+        for key in keys:
+            settings.setdefault(key, []).append(f"{rec['task']} {rec['variant']} s{rec['seed']}")
+    for key, runs in settings.items():
+        what = key if key == "not recorded" else ", ".join(f"{k}={v}" for k, v in json.loads(key).items())
+        lines.append(f"- {what}: {len(runs)} run{'s' * (len(runs) > 1)} ({', '.join(runs)})")
+    return lines + [""]
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -265,6 +292,7 @@ def write_tables(out: Path, records: list[dict[str, Any]], preset: dict[str, Any
         fig = _ood_figure(out, task, records)
         if fig is not None:
             lines += [f"![OOD accuracy, {task}]({fig.name})", ""]
+    lines += time_and_setting(records)
     path = out / "results.md"
     path.write_text("\n".join(lines))
     return path

@@ -572,6 +572,26 @@ def test_compare_tables_mean_and_std_over_seeds(tmp_path):
     assert len(list(csv.DictReader(open(tmp_path / "runs.csv")))) == sum(len(r["metrics"]) for r in records)
 
 
+def test_compare_tables_sum_the_time_and_list_the_setting_each_run_trained_under(tmp_path):
+    """The preset's budget is its summed wall time; a seed's numbers reproduce only under the same XLA setting."""
+    cmp = _compare_module()
+    single = {"jax": "0.10.2", "cpus_usable": 1, "XLA_FLAGS": cmp.SINGLE_THREAD_XLA, "OMP_NUM_THREADS": "1"}
+    for seed, env in enumerate((single, single, None)):
+        d = cmp.run_dir(tmp_path, "parity", "baseline", seed)
+        d.mkdir(parents=True)
+        (d / "eval.json").write_text(json.dumps({
+            "run": {"task": "parity", "baseline": True, "seed": seed, "step": 5, "train_seconds": 3000.0,
+                    "eval_seconds": 600.0}, "accuracy": {"test": {"accuracy": 1.0, "n": 10}}}))
+        if env is not None:  # a resumed run: two calls under one setting count once
+            (d / "environment.jsonl").write_text("".join(json.dumps({"start_step": s, **env}) + "\n" for s in (0, 3)))
+    md = cmp.write_tables(tmp_path, cmp.collect(tmp_path)).read_text()
+    assert ("3 runs: 9000 s training + 1800 s evaluation = 3.00 h of one core, about 1.50 h with `--jobs 2`"
+            in md)
+    assert (f"- jax=0.10.2, jaxlib=None, device=None, cpu=None, cpus_usable=1, XLA_FLAGS={cmp.SINGLE_THREAD_XLA}, "
+            "OMP_NUM_THREADS=1: 2 runs (parity baseline s0, parity baseline s1)") in md
+    assert "- not recorded: 1 run (parity baseline s2)" in md
+
+
 def _ablation_module():
     import importlib.util
     import sys
