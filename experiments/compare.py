@@ -209,7 +209,7 @@ def time_and_setting(records: list[dict[str, Any]]) -> list[str]:
         env = rec["dir"] / "environment.jsonl"
         calls = [json.loads(line) for line in env.read_text().splitlines() if line.strip()] if env.exists() else []
         keys = {json.dumps({k: c.get(k) for k in SETTING_KEYS}) for c in calls} or {"not recorded"}
-        for key in keys:
+        for key in sorted(keys):  # a run resumed under another setting is listed under both
             settings.setdefault(key, []).append(f"{rec['task']} {rec['variant']} s{rec['seed']}")
     for key, runs in settings.items():
         what = key if key == "not recorded" else ", ".join(f"{k}={v}" for k, v in json.loads(key).items())
