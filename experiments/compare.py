@@ -204,11 +204,12 @@ def time_and_setting(records: list[dict[str, Any]]) -> list[str]:
     lines = ["## time and execution setting", "",
              f"{len(records)} runs: {train:.0f} s training + {evaluation:.0f} s evaluation = {hours:.2f} h of one "
              f"core, about {hours / 2:.2f} h with `--jobs 2` (two runs at once, one core each).", ""]
+    from jinject.rundir import read_environment
+
     settings: dict[str, list[str]] = {}
     for rec in records:
-        env = rec["dir"] / "environment.jsonl"
-        calls = [json.loads(line) for line in env.read_text().splitlines() if line.strip()] if env.exists() else []
-        keys = {json.dumps({k: c.get(k) for k in SETTING_KEYS}) for c in calls} or {"not recorded"}
+        keys = {json.dumps({k: c.get(k) for k in SETTING_KEYS}) for c in read_environment(rec["dir"])}
+        keys = keys or {"not recorded"}
         for key in sorted(keys):  # a run resumed under another setting is listed under both
             settings.setdefault(key, []).append(f"{rec['task']} {rec['variant']} s{rec['seed']}")
     for key, runs in settings.items():

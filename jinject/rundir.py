@@ -357,8 +357,9 @@ def read_run_config(out: str | Path) -> Any:
 # -------------------------------------------------------------------------------------------- metrics
 
 
-def read_metrics(path: Path) -> tuple[list[dict], int]:
-    """(records, number of unreadable lines) of a metrics.jsonl (a kill mid-write can cut its last line)."""
+def read_jsonl(path: Path, key: str) -> tuple[list[dict], int]:
+    """(records, number of unreadable lines) of one of a run's .jsonl logs, each record carrying the integer
+    `key` (a kill mid-write can cut the last line)."""
     records, bad = [], 0
     if not path.exists():
         return records, bad
@@ -367,12 +368,22 @@ def read_metrics(path: Path) -> tuple[list[dict], int]:
             continue
         try:
             rec = json.loads(line)
-            int(rec["step"])
+            int(rec[key])
         except (ValueError, KeyError, TypeError):
             bad += 1
             continue
         records.append(rec)
     return records, bad
+
+
+def read_metrics(path: Path) -> tuple[list[dict], int]:
+    """(records, number of unreadable lines) of a metrics.jsonl."""
+    return read_jsonl(path, "step")
+
+
+def read_environment(out: Path) -> list[dict]:
+    """The train calls `record_environment` logged for the run in OUT, oldest first ([] if none)."""
+    return read_jsonl(out / "environment.jsonl", "start_step")[0]
 
 
 def _aside_name(path: Path, tag: str) -> Path:

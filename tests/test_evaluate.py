@@ -583,7 +583,8 @@ def test_compare_tables_sum_the_time_and_list_the_setting_each_run_trained_under
             "run": {"task": "parity", "baseline": True, "seed": seed, "step": 5, "train_seconds": 3000.0,
                     "eval_seconds": 600.0}, "accuracy": {"test": {"accuracy": 1.0, "n": 10}}}))
         if env is not None:  # a resumed run: two calls under one setting count once
-            (d / "environment.jsonl").write_text("".join(json.dumps({"start_step": s, **env}) + "\n" for s in (0, 3)))
+            lines = "".join(json.dumps({"start_step": s, **env}) + "\n" for s in (0, 3))
+            (d / "environment.jsonl").write_text(lines + '{"start_step": 6, "ja')  # a kill cut the last line
     md = cmp.write_tables(tmp_path, cmp.collect(tmp_path)).read_text()
     assert ("3 runs: 9000 s training + 1800 s evaluation = 3.00 h of one core, about 1.50 h with `--jobs 2`"
             in md)
