@@ -475,32 +475,34 @@ def test_decoded_table_and_heatmap(tmp_path):
     assert len(fig.axes[0].patches) == 1  # one red frame: the single disagreeing cell
 
 
-def _compare_module():
+def _experiment(name: str):
+    """experiments/<name>.py as a module (the folder on sys.path: the scripts import each other)."""
     import importlib.util
+    import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "compare.py"
-    spec = importlib.util.spec_from_file_location("jinject_compare", path)
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    if str(experiments) not in sys.path:
+        sys.path.insert(0, str(experiments))
+    spec = importlib.util.spec_from_file_location(f"jinject_{name}", experiments / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
+def _compare_module():
+    return _experiment("compare")
+
+
 def test_batched_student_decoding_equals_jinject_decode(tmp_path):
     """experiments/new_pair_errors.py decodes many problems at once, right-padded, from the student alone;
     every variable at every token must read as `jinject decode` reads it one problem at a time."""
-    import importlib.util
-    from pathlib import Path
-
     import tiny
 
     from jinject.decoding import decode_problem
     from jinject.trainer import train
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "new_pair_errors.py"
-    spec = importlib.util.spec_from_file_location("jinject_new_pair_errors", path)
-    npe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(npe)
+    npe = _experiment("new_pair_errors")
     run = train(tiny.config(steps=2, checkpoint_every=2, log_every=1), tmp_path / "run",
                 components=tiny.components(), progress=False)
     problems = ["()", "([)]", "(((", "{}[](", "]"]  # mixed lengths: batches of 3 pad the shorter ones
@@ -514,6 +516,29 @@ def test_batched_student_decoding_equals_jinject_decode(tmp_path):
                 np.testing.assert_allclose(got[var].astype(float), d.student[var].astype(float), atol=1e-4)
             else:
                 assert list(got[var]) == list(d.student[var]), (problem, var)
+
+
+def test_new_pair_patching_restores_exactly_where_the_forward_pass_says(tmp_path):
+    """experiments/new_pair_patching.py writes the clean twin's hidden state k into the forward pass. Its
+    three exact cases: every position at k = 0 is the clean run (restored 1); the marker's last hidden state
+    alone sets the answer logits (restored 1), and the new pair's last hidden states cannot reach them
+    (restored 0). In between, patching the new pair early changes the answer."""
+    import tiny
+
+    from jinject.trainer import train
+
+    npp = _experiment("new_pair_patching")
+    run = train(tiny.config(steps=2, checkpoint_every=2, log_every=1), tmp_path / "run",
+                components=tiny.components(), progress=False)
+    assert npp.clean_twin("(<[>])<>") == "(([)])()"
+    res = npp.patching_curves(run, ["(<>)", "<>[]", "<<>>"])
+    n = run.model.config.n_layers
+    assert res["n"] == 3 and sorted(res["curves"]["all"]) == list(range(n + 1))
+    np.testing.assert_allclose(res["curves"]["all"][0][0], 1.0, atol=1e-4)
+    np.testing.assert_allclose(res["curves"]["marker"][n][0], 1.0, atol=1e-4)
+    np.testing.assert_allclose(res["curves"]["new pair"][n][0], 0.0, atol=1e-4)
+    assert abs(res["curves"]["new pair"][0][0]) > 0.01  # the unseen tokens' embeddings do matter
+    assert npp.patching_curves(run, []) == {"n": 0}
 
 
 def test_compare_tables_mean_and_std_over_seeds(tmp_path):
@@ -594,16 +619,7 @@ def test_compare_tables_sum_the_time_and_list_the_setting_each_run_trained_under
 
 
 def _ablation_module():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    experiments = Path(__file__).resolve().parents[1] / "experiments"
-    sys.path.insert(0, str(experiments))
-    spec = importlib.util.spec_from_file_location("jinject_ablation", experiments / "ablation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _experiment("ablation")
 
 
 def test_ablation_configs_and_table(tmp_path, capsys):

@@ -1,0 +1,146 @@
+"""Where does the unseen pair `<>` turn a balanced string into "no"? Activation patching, layer by layer.
+
+    python experiments/new_pair_patching.py RUN...        # shuffle-dyck run directories (evaluated)
+
+For each run, the balanced strings of the ood-new-pair split (the evaluation's examples) that the run answers
+wrong are paired with their *clean* twin: the same string with `<` -> `(` and `>` -> `)`, which is still
+balanced, uses only training pairs, and has the same tokens everywhere else. The student's hidden state `k`
+(the input of block `k`; `k` = the number of blocks is the last one) of the clean twin is written into the
+wrong string's forward pass, at one set of positions at a time:
+
+- `marker`: the last prompt token, where the answer is read;
+- `new pair`: the positions of `<` and `>`;
+- `all`: every position (at `k` = 0 this is the clean run; a check of the plumbing).
+
+The score is the logit difference d = logit(" yes") - logit(" no") at the marker: `restored` is
+(d_patched - d_wrong) / (d_clean - d_wrong), averaged over the strings (1: patching gives the clean
+answer's margin, 0: no effect), and `yes` the fraction of strings whose patched d is > 0. Read together:
+patching the new pair's positions restores the answer while their hidden state still carries what the rest
+of the network reads from them; patching the marker restores it once everything the answer needs has been
+moved to the marker. The layers where the two curves cross say where the student's reading of `<`/`>`
+goes wrong (early: their representation; late: the comparison at the marker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare import mean_std  # noqa: E402
+from new_pair_errors import load_dyck_run  # noqa: E402
+
+from jinject.data import PieceEncoder
+from jinject.evaluate.accuracy import generation_accuracy
+from jinject.evaluate.batching import jit_model
+from jinject.evaluate.report import split_examples
+from jinject.tasks.dyck import OOD_PAIR
+
+SPLIT = "ood-new-pair"
+SITES = ("marker", "new pair", "all")
+
+
+def clean_twin(problem: str) -> str:
+    """The string with the unseen pair written as `()`: balanced iff the original is, training pairs only."""
+    return problem.replace(OOD_PAIR[0], "(").replace(OOD_PAIR[1], ")")
+
+
+def site_masks(run: Any, problems: list[str], width: int) -> dict[str, np.ndarray]:
+    """[B, T] 0/1 masks of the positions each site patches (framing pieces come before the symbols)."""
+    masks = {s: np.zeros((len(problems), width), np.float32) for s in SITES}
+    for b, p in enumerate(problems):
+        marker = len(run.task.pieces(p)[0]) - 1
+        first = marker - len(p)
+        masks["marker"][b, marker] = 1
+        masks["new pair"][b, [first + j for j, c in enumerate(p) if c in OOD_PAIR]] = 1
+        masks["all"][b, :] = 1
+    return masks
+
+
+def yes_no_ids(run: Any, encoder: PieceEncoder) -> tuple[int, int]:
+    """The student tokens of the answers' first pieces (" yes", " no")."""
+    ids = [encoder(run.task.pieces(p)[1][0]) for p in ("()", ")(")]
+    if ids[0] == ids[1]:
+        raise SystemExit("the balanced and the unbalanced answer start with the same token; nothing to compare")
+    return ids[0], ids[1]
+
+
+def wrong_balanced(run_dir: Path, max_strings: int) -> tuple[Any, list[str]]:
+    """(the run, the first `max_strings` balanced strings of its evaluation's new-pair split it answers wrong)."""
+    run, settings = load_dyck_run(run_dir)
+    examples = split_examples(run.task, SPLIT, settings["n_examples"], settings["eval_seed"], None)
+    right = generation_accuracy(run.model, PieceEncoder(run.tokenizer), examples, return_outputs=True)["correct"]
+    return run, [e.problem for e, r in zip(examples, right, strict=True) if e.answer == "yes" and not r][:max_strings]
+
+
+def patching_curves(run: Any, problems: list[str]) -> dict[str, Any]:
+    """{n, d_wrong, d_clean, clean_yes, curves: {site: {k: (restored, yes)}}} over `problems` (module doc)."""
+    if not problems:
+        return {"n": 0}
+    encoder = PieceEncoder(run.tokenizer)
+    yes_id, no_id = yes_no_ids(run, encoder)
+    prompts = [encoder.encode(run.task.pieces(p)[0]) for p in problems]
+    twins = [encoder.encode(run.task.pieces(clean_twin(p))[0]) for p in problems]
+    width = max(map(len, prompts))
+    pad = lambda rows: np.asarray([r + [0] * (width - len(r)) for r in rows], np.int32)  # right padding
+    ids, clean_ids = pad(prompts), pad(twins)
+    marker = np.array([len(r) - 1 for r in prompts])
+    rows = np.arange(len(problems))
+
+    def margin(logits: jnp.ndarray) -> np.ndarray:
+        at = np.asarray(logits)[rows, marker]
+        return at[:, yes_id] - at[:, no_id]
+
+    clean = jit_model(run.model, lambda m, x: m(x))(clean_ids)
+    d_clean = margin(clean.logits)
+    d_wrong = margin(jit_model(run.model, lambda m, x: m(x).logits)(ids))
+    masks = site_masks(run, problems, width)
+    curves: dict[str, dict[int, tuple[float, float]]] = {s: {} for s in SITES}
+    for k in range(run.model.config.n_layers + 1):
+        patch = lambda m, x, src, w, k=k: m(x, intervene=lambda h: h + w[..., None] * (src - h), intervene_at=k).logits
+        fwd = jit_model(run.model, patch)
+        for site in SITES:
+            d = margin(fwd(ids, clean.hidden_states[k], jnp.asarray(masks[site])))
+            restored = (d - d_wrong) / (d_clean - d_wrong)
+            curves[site][k] = (float(np.mean(restored)), float(np.mean(d > 0)))
+    return {"n": len(problems), "d_wrong": float(d_wrong.mean()), "d_clean": float(d_clean.mean()),
+            "clean_yes": float(np.mean(d_clean > 0)), "curves": curves}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="evaluated shuffle-dyck run directories")
+    ap.add_argument("--max-strings", type=int, default=64, help="wrong balanced strings per run (the first ones)")
+    ap.add_argument("--json", type=Path, help="also write every run's numbers here")
+    args = ap.parse_args(argv)
+    results = {str(r): patching_curves(*wrong_balanced(r, args.max_strings)) for r in args.runs}
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    print("| run | wrong balanced strings (n) | d wrong | d clean twin | clean twin \"yes\" |\n|---|---|---|---|---|")
+    for r, res in results.items():
+        cells = [f"{res[c]:.2f}" for c in ("d_wrong", "d_clean", "clean_yes")] if res["n"] else ["—"] * 3
+        print(f"| {Path(r).name} | {res['n']} | " + " | ".join(cells) + " |")
+    done = [res for res in results.values() if res["n"]]
+    if not done:
+        return
+    print(f"\nRestored fraction of the margin (mean ± std over the {len(done)} runs with errors; in brackets the "
+          "fraction answered \"yes\") when hidden state k of the clean twin is patched in at each site")
+    print("\n| k | " + " | ".join(SITES) + " |\n" + "|---" * (len(SITES) + 1) + "|")
+    for k in sorted(done[0]["curves"]["all"], key=int):
+        cells = []
+        for site in SITES:
+            rest, rest_std = mean_std([res["curves"][site][k][0] for res in done])
+            yes = np.mean([res["curves"][site][k][1] for res in done])
+            cells.append(f"{rest:.2f} ± {rest_std:.2f} ({yes:.2f})")
+        print(f"| {k} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
