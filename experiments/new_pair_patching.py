@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def wrong_balanced(run_dir: Path, max_strings: int) -> tuple[Any, list[str]]:
 
 
 def patching_curves(run: Any, problems: list[str]) -> dict[str, Any]:
-    """{n, d_wrong, d_clean, clean_yes, curves: {site: {k: (restored, yes)}}} over `problems` (module doc)."""
+    """{n, d_wrong, d_clean, clean_yes, curves: {site: [(restored, yes) at k = 0, 1, ...]}} over `problems`."""
     if not problems:
         return {"n": 0}
     encoder = PieceEncoder(run.tokenizer)
@@ -102,44 +103,54 @@ def patching_curves(run: Any, problems: list[str]) -> dict[str, Any]:
     d_clean = margin(clean.logits)
     d_wrong = margin(jit_model(run.model, lambda m, x: m(x).logits)(ids))
     masks = site_masks(run, problems, width)
-    curves: dict[str, dict[int, tuple[float, float]]] = {s: {} for s in SITES}
+    curves: dict[str, list[tuple[float, float]]] = {s: [] for s in SITES}
     for k in range(run.model.config.n_layers + 1):
         patch = lambda m, x, src, w, k=k: m(x, intervene=lambda h: h + w[..., None] * (src - h), intervene_at=k).logits
         fwd = jit_model(run.model, patch)
         for site in SITES:
             d = margin(fwd(ids, clean.hidden_states[k], jnp.asarray(masks[site])))
             restored = (d - d_wrong) / (d_clean - d_wrong)
-            curves[site][k] = (float(np.mean(restored)), float(np.mean(d > 0)))
+            curves[site].append((float(np.mean(restored)), float(np.mean(d > 0))))
     return {"n": len(problems), "d_wrong": float(d_wrong.mean()), "d_clean": float(d_clean.mean()),
             "clean_yes": float(np.mean(d_clean > 0)), "curves": curves}
+
+
+def run_curves(run_dir: Path, max_strings: int) -> dict[str, Any]:
+    """`patching_curves` of one run, cached in RUN/new_pair_patching.json (recomputed if --max-strings differs)."""
+    cache = run_dir / "new_pair_patching.json"
+    if cache.exists():
+        res = json.loads(cache.read_text())
+        if res.get("max_strings") == max_strings:
+            return res
+    res = patching_curves(*wrong_balanced(run_dir, max_strings)) | {"max_strings": max_strings}
+    cache.write_text(json.dumps(res))
+    return res
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="evaluated shuffle-dyck run directories")
     ap.add_argument("--max-strings", type=int, default=64, help="wrong balanced strings per run (the first ones)")
-    ap.add_argument("--json", type=Path, help="also write every run's numbers here")
     args = ap.parse_args(argv)
-    results = {str(r): patching_curves(*wrong_balanced(r, args.max_strings)) for r in args.runs}
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    per_config: dict[str, list[dict[str, Any]]] = defaultdict(list)
     print("| run | wrong balanced strings (n) | d wrong | d clean twin | clean twin \"yes\" |\n|---|---|---|---|---|")
-    for r, res in results.items():
+    for r in args.runs:
+        res = run_curves(r, args.max_strings)
         cells = [f"{res[c]:.2f}" for c in ("d_wrong", "d_clean", "clean_yes")] if res["n"] else ["—"] * 3
-        print(f"| {Path(r).name} | {res['n']} | " + " | ".join(cells) + " |")
-    done = [res for res in results.values() if res["n"]]
-    if not done:
-        return
-    print(f"\nRestored fraction of the margin (mean ± std over the {len(done)} runs with errors; in brackets the "
-          "fraction answered \"yes\") when hidden state k of the clean twin is patched in at each site")
-    print("\n| k | " + " | ".join(SITES) + " |\n" + "|---" * (len(SITES) + 1) + "|")
-    for k in sorted(done[0]["curves"]["all"], key=int):
-        cells = []
-        for site in SITES:
-            rest, rest_std = mean_std([res["curves"][site][k][0] for res in done])
-            yes = np.mean([res["curves"][site][k][1] for res in done])
-            cells.append(f"{rest:.2f} ± {rest_std:.2f} ({yes:.2f})")
-        print(f"| {k} | " + " | ".join(cells) + " |")
+        print(f"| {r.name} | {res['n']} | " + " | ".join(cells) + " |", flush=True)
+        if res["n"]:
+            per_config[r.name.rpartition("-s")[0]].append(res)
+    for name, done in per_config.items():
+        print(f"\n{name}: restored fraction of the margin, mean ± std over {len(done)} runs (in brackets the "
+              "fraction answered \"yes\"), when hidden state k of the clean twin is patched in at each site")
+        print("\n| k | " + " | ".join(SITES) + " |\n" + "|---" * (len(SITES) + 1) + "|")
+        for k in range(len(done[0]["curves"]["all"])):
+            cells = []
+            for site in SITES:
+                rest, rest_std = mean_std([res["curves"][site][k][0] for res in done])
+                yes = np.mean([res["curves"][site][k][1] for res in done])
+                cells.append(f"{rest:.2f} ± {rest_std:.2f} ({yes:.2f})")
+            print(f"| {k} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
