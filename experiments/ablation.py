@@ -84,6 +84,11 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                 {**CHOSEN_FIELDS, "align": False}),
     "all-fixes+stride2-warmup": ("the chosen settings without the 30 adapter-only steps; run after the freeze, "
                                  "like the row above", {**CHOSEN_FIELDS, "adapter_warmup_steps": 0}),
+    "all-fixes+stride2+offset14": ("the chosen settings with the teacher in the upper half of the student (layer i "
+                                   "<-> hidden state 14 + 2i; intervention after block 14 + 2 L_t); run after the "
+                                   "freeze, because activation patching found the injected runs read the new pair "
+                                   "into the marker by hidden state 3, the baseline only from about 12 on",
+                                   {**CHOSEN_FIELDS, "layer_offset": 14}),
     "all-fixes+stride2+gate": ("the chosen settings, intervening only on batches whose answer the subspace already "
                                "reads at the marker for >= 0.95 of the examples (the decoding target); run after "
                                "the freeze, because count's subspace holds its answer only approximately",

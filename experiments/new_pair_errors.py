@@ -63,6 +63,9 @@ def three_pair_answer(problem: str) -> str:
 
 def load_dyck_run(run_dir: Path) -> tuple[Any, dict[str, Any]]:
     """(the trained run, its evaluation settings) of an evaluated shuffle-dyck run directory."""
+    if not (run_dir / "eval.json").exists():
+        raise SystemExit(f"{run_dir}: no eval.json; this analysis reuses an evaluated run's examples "
+                         f"(evaluate it first: jinject eval {run_dir})")
     settings = json.loads((run_dir / "eval.json").read_text())["settings"]
     run = load_run(run_dir)
     if run.config.task != "shuffle-dyck":

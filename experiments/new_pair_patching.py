@@ -19,6 +19,12 @@ patching the new pair's positions restores the answer while their hidden state s
 of the network reads from them; patching the marker restores it once everything the answer needs has been
 moved to the marker. The layers where the two curves cross say where the student's reading of `<`/`>`
 goes wrong (early: their representation; late: the comparison at the marker).
+
+Aligned runs also patch the marker at each aligned hidden state in a part of the space only: `program`,
+the span of the student directions the adapter maps to that teacher layer's compared dimensions (where the
+program's variables are read); `complement`, the rest; `random`, a random subspace of the program's
+dimension. Which part carries the restoration says whether the answer follows the program's variables or
+something the alignment does not see. Each run's numbers are cached in RUN/new_pair_patching.json.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from jinject.tasks.dyck import OOD_PAIR
 
 SPLIT = "ood-new-pair"
 SITES = ("marker", "new pair", "all")
+PARTS = ("program", "complement", "random")
 
 
 def clean_twin(problem: str) -> str:
@@ -82,7 +89,8 @@ def wrong_balanced(run_dir: Path, max_strings: int) -> tuple[Any, list[str]]:
 
 
 def patching_curves(run: Any, problems: list[str]) -> dict[str, Any]:
-    """{n, d_wrong, d_clean, clean_yes, curves: {site: [(restored, yes) at k = 0, 1, ...]}} over `problems`."""
+    """{n, d_wrong, d_clean, clean_yes, curves: {site: [(restored, yes) at k = 0, 1, ...]}, marker_parts:
+    [{k, dim, program, complement, random: (restored, yes)} at each aligned hidden state k]} over `problems`."""
     if not problems:
         return {"n": 0}
     encoder = PieceEncoder(run.tokenizer)
@@ -103,16 +111,48 @@ def patching_curves(run: Any, problems: list[str]) -> dict[str, Any]:
     d_clean = margin(clean.logits)
     d_wrong = margin(jit_model(run.model, lambda m, x: m(x).logits)(ids))
     masks = site_masks(run, problems, width)
+    d_model = run.model.config.d_model
+    whole = jnp.eye(d_model, dtype=jnp.float32)
+    # aligned hidden state k -> projectors at the marker: program (the adapter's row space), complement, random
+    subspaces = {} if run.config.baseline else {
+        int(k): subspace_projectors(run, layer, d_model) for layer, k in enumerate(run.student_index)}
     curves: dict[str, list[tuple[float, float]]] = {s: [] for s in SITES}
+    marker_parts = []
     for k in range(run.model.config.n_layers + 1):
-        patch = lambda m, x, src, w, k=k: m(x, intervene=lambda h: h + w[..., None] * (src - h), intervene_at=k).logits
-        fwd = jit_model(run.model, patch)
+        fwd = jit_model(run.model, lambda m, x, src, w, proj, k=k: m(
+            x, intervene=lambda h: h + w[..., None] * ((src - h) @ proj).astype(h.dtype), intervene_at=k).logits)
+
+        def score(mask: np.ndarray, proj: jnp.ndarray, k: int = k, fwd: Any = fwd) -> tuple[float, float]:
+            d = margin(fwd(ids, clean.hidden_states[k], jnp.asarray(mask), proj))
+            return float(np.mean((d - d_wrong) / (d_clean - d_wrong))), float(np.mean(d > 0))
+
         for site in SITES:
-            d = margin(fwd(ids, clean.hidden_states[k], jnp.asarray(masks[site])))
-            restored = (d - d_wrong) / (d_clean - d_wrong)
-            curves[site].append((float(np.mean(restored)), float(np.mean(d > 0))))
+            curves[site].append(score(masks[site], whole))
+        if k in subspaces:
+            dim, projs = subspaces[k]
+            marker_parts.append({"k": k, "dim": dim} | {n: score(masks["marker"], q) for n, q in projs.items()})
     return {"n": len(problems), "d_wrong": float(d_wrong.mean()), "d_clean": float(d_clean.mean()),
-            "clean_yes": float(np.mean(d_clean > 0)), "curves": curves}
+            "clean_yes": float(np.mean(d_clean > 0)), "curves": curves, "marker_parts": marker_parts}
+
+
+def subspace_projectors(run: Any, layer: int, d_model: int) -> tuple[int, dict[str, jnp.ndarray]]:
+    """(dim, {"program", "complement", "random": [D, D] projectors}) for teacher layer `layer`: the span of
+    the student directions its adapter map reads for the teacher dimensions the alignment compares there (the
+    program's variables; a left-out dimension's column keeps its random initial value), its orthogonal
+    complement, and a random subspace of the same dimension (a fixed seed)."""
+    w = np.asarray(run.adapter["w"][layer if run.adapter["w"].shape[0] > 1 else 0], np.float64)  # [D_s, D_t]
+    u, sv, _ = np.linalg.svd(w[:, run.plan.dim_weights[layer] > 0], full_matrices=False)
+    q = u[:, sv > sv[0] * 1e-6]
+    r, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(d_model, q.shape[1])))
+    program = q @ q.T
+    projs = {"program": program, "complement": np.eye(d_model) - program, "random": r @ r.T}
+    return int(q.shape[1]), {n: jnp.asarray(x, jnp.float32) for n, x in projs.items()}
+
+
+def cell(scores: list[list[float]]) -> str:
+    """Restored fraction mean ± std over runs, with the mean fraction answered "yes" in brackets."""
+    rest, rest_std = mean_std([r for r, _ in scores])
+    return f"{rest:.2f} ± {rest_std:.2f} ({np.mean([y for _, y in scores]):.2f})"
 
 
 def run_curves(run_dir: Path, max_strings: int) -> dict[str, Any]:
@@ -145,12 +185,15 @@ def main(argv: list[str] | None = None) -> None:
               "fraction answered \"yes\"), when hidden state k of the clean twin is patched in at each site")
         print("\n| k | " + " | ".join(SITES) + " |\n" + "|---" * (len(SITES) + 1) + "|")
         for k in range(len(done[0]["curves"]["all"])):
-            cells = []
-            for site in SITES:
-                rest, rest_std = mean_std([res["curves"][site][k][0] for res in done])
-                yes = np.mean([res["curves"][site][k][1] for res in done])
-                cells.append(f"{rest:.2f} ± {rest_std:.2f} ({yes:.2f})")
+            cells = [cell([res["curves"][site][k] for res in done]) for site in SITES]
             print(f"| {k} | " + " | ".join(cells) + " |")
+        if done[0]["marker_parts"]:
+            print(f"\n{name}: the marker patched at each aligned hidden state k in a part of the space only: the "
+                  "program's span (the adapter's map there), its complement, a random subspace of the same dimension")
+            print("\n| teacher layer | k | dim | " + " | ".join(PARTS) + " |\n" + "|---" * (len(PARTS) + 3) + "|")
+            for layer, part in enumerate(done[0]["marker_parts"]):
+                cells = [cell([res["marker_parts"][layer][q] for res in done]) for q in PARTS]
+                print(f"| {layer} | {part['k']} | {part['dim']} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -538,6 +538,10 @@ def test_new_pair_patching_restores_exactly_where_the_forward_pass_says(tmp_path
     np.testing.assert_allclose(res["curves"]["marker"][n][0], 1.0, atol=1e-4)
     np.testing.assert_allclose(res["curves"]["new pair"][n][0], 0.0, atol=1e-4)
     assert abs(res["curves"]["new pair"][0][0]) > 0.01  # the unseen tokens' embeddings do matter
+    parts = res["marker_parts"]  # at the aligned hidden states: the adapter's span, its complement, random
+    assert [p["k"] for p in parts] == [int(k) for k in run.student_index]
+    assert all(0 < p["dim"] <= run.model.config.d_model for p in parts)  # tiny: D_t > D_s, the whole space
+    np.testing.assert_allclose([parts[0][s][0] for s in ("program", "complement", "random")], 0.0, atol=1e-6)
     assert npp.patching_curves(run, []) == {"n": 0}
 
 
