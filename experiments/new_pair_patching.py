@@ -48,6 +48,7 @@ from jinject.data import PieceEncoder
 from jinject.evaluate.accuracy import generation_accuracy
 from jinject.evaluate.batching import jit_model
 from jinject.evaluate.report import split_examples
+from jinject.objective import map_index
 from jinject.tasks.dyck import OOD_PAIR
 
 SPLIT = "ood-new-pair"
@@ -107,9 +108,9 @@ def patching_curves(run: Any, problems: list[str]) -> dict[str, Any]:
         at = np.asarray(logits)[rows, marker]
         return at[:, yes_id] - at[:, no_id]
 
-    clean = jit_model(run.model, lambda m, x: m(x))(clean_ids)
-    d_clean = margin(clean.logits)
-    d_wrong = margin(jit_model(run.model, lambda m, x: m(x).logits)(ids))
+    forward = jit_model(run.model, lambda m, x: m(x))  # one compilation: both batches have one shape
+    clean = forward(clean_ids)
+    d_clean, d_wrong = margin(clean.logits), margin(forward(ids).logits)
     masks = site_masks(run, problems, width)
     d_model = run.model.config.d_model
     whole = jnp.eye(d_model, dtype=jnp.float32)
@@ -140,7 +141,7 @@ def subspace_projectors(run: Any, layer: int, d_model: int) -> tuple[int, dict[s
     the student directions its adapter map reads for the teacher dimensions the alignment compares there (the
     program's variables; a left-out dimension's column keeps its random initial value), its orthogonal
     complement, and a random subspace of the same dimension (a fixed seed)."""
-    w = np.asarray(run.adapter["w"][layer if run.adapter["w"].shape[0] > 1 else 0], np.float64)  # [D_s, D_t]
+    w = np.asarray(run.adapter["w"][map_index(run.adapter, layer)], np.float64)  # [D_s, D_t]
     u, sv, _ = np.linalg.svd(w[:, run.plan.dim_weights[layer] > 0], full_matrices=False)
     q = u[:, sv > sv[0] * 1e-6]
     r, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(d_model, q.shape[1])))

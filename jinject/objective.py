@@ -24,9 +24,14 @@ def init_adapter(key: jax.Array, d_student: int, d_teacher: int, n_maps: int = 1
     return {"w": w, "b": b}
 
 
+def map_index(adapter: Adapter, layer: int) -> int:
+    """Which of the adapter's maps serves teacher layer `layer` (the one map when it is shared)."""
+    return layer if adapter["w"].shape[0] > 1 else 0
+
+
 def adapter_apply(adapter: Adapter, h: jax.Array, layer: int = 0) -> jax.Array:
     """Map student vectors [..., D_s] to teacher space [..., D_t] with the map of teacher layer `layer`."""
-    m = layer if adapter["w"].shape[0] > 1 else 0
+    m = map_index(adapter, layer)
     h = h.astype(jnp.float32)
     return jnp.einsum("...s,st->...t", h, adapter["w"][m], precision="highest") + adapter["b"][m]
 
@@ -184,8 +189,7 @@ def answer_subspace_basis(adapter: Adapter, answer_dims: np.ndarray, layer: int)
     That is the row space of A restricted to the teacher's answer dimensions. The basis is treated as a
     constant (stop_gradient): the adapter is shaped by the alignment loss, not by the task loss.
     """
-    m = layer if adapter["w"].shape[0] > 1 else 0
-    rows = jax.lax.stop_gradient(adapter["w"][m][:, np.asarray(answer_dims)])  # [D_s, k]
+    rows = jax.lax.stop_gradient(adapter["w"][map_index(adapter, layer)][:, np.asarray(answer_dims)])  # [D_s, k]
     q, _ = jnp.linalg.qr(rows.astype(jnp.float32), mode="reduced")
     return q
 

@@ -490,10 +490,6 @@ def _experiment(name: str):
     return mod
 
 
-def _compare_module():
-    return _experiment("compare")
-
-
 def test_batched_student_decoding_equals_jinject_decode(tmp_path):
     """experiments/new_pair_errors.py decodes many problems at once, right-padded, from the student alone;
     every variable at every token must read as `jinject decode` reads it one problem at a time."""
@@ -546,7 +542,7 @@ def test_new_pair_patching_restores_exactly_where_the_forward_pass_says(tmp_path
 
 
 def test_compare_tables_mean_and_std_over_seeds(tmp_path):
-    cmp = _compare_module()
+    cmp = _experiment("compare")
     for name in ("cpu", "paper"):  # the presets build valid configs for every task and variant
         preset = cmp.load_preset(name)
         for task in preset["tasks"]:
@@ -603,7 +599,7 @@ def test_compare_tables_mean_and_std_over_seeds(tmp_path):
 
 def test_compare_tables_sum_the_time_and_list_the_setting_each_run_trained_under(tmp_path):
     """The preset's budget is its summed wall time; a seed's numbers reproduce only under the same XLA setting."""
-    cmp = _compare_module()
+    cmp = _experiment("compare")
     single = {"jax": "0.10.2", "cpus_usable": 1, "XLA_FLAGS": cmp.SINGLE_THREAD_XLA, "OMP_NUM_THREADS": "1"}
     for seed, env in enumerate((single, single, None)):
         d = cmp.run_dir(tmp_path, "parity", "baseline", seed)
@@ -622,13 +618,9 @@ def test_compare_tables_sum_the_time_and_list_the_setting_each_run_trained_under
     assert "- not recorded: 1 run (parity baseline s2)" in md
 
 
-def _ablation_module():
-    return _experiment("ablation")
-
-
 def test_ablation_configs_and_table(tmp_path, capsys):
-    abl = _ablation_module()
-    cmp = _compare_module()
+    abl = _experiment("ablation")
+    cmp = _experiment("compare")
     preset = abl.load_preset("cpu")
     for name in abl.CONFIGS:  # every configuration is a valid TrainConfig on the cpu preset's dyck run
         cfg = abl.make_config(preset, name, 0)
@@ -713,7 +705,7 @@ def test_compare_keeps_only_the_final_checkpoint_of_an_evaluated_run(tmp_path):
         (ckpt / name).mkdir(parents=True)
         (ckpt / name / "data").write_bytes(b"x")
     (ckpt / "jinject-digests.json").write_text("{}")
-    _compare_module().keep_final_checkpoint(ckpt, 100)
+    _experiment("compare").keep_final_checkpoint(ckpt, 100)
     # the final step and the evidence (digests, a damaged step kept aside) stay
     assert sorted(p.name for p in ckpt.iterdir()) == ["100", "corrupt-100", "jinject-digests.json"]
     assert (ckpt / "100" / "data").read_bytes() == b"x"
@@ -724,11 +716,11 @@ def test_a_run_killed_without_a_traceback_is_named_in_the_log():
     import subprocess
     import sys
 
+    cmp = _experiment("compare")
     killed = subprocess.run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
-    why = _compare_module().describe_exit(killed.returncode)
+    why = cmp.describe_exit(killed.returncode)
     assert why.startswith("killed by SIGKILL") and "out-of-memory" in why and "resumes" in why
-    assert _compare_module().describe_exit(subprocess.run([sys.executable, "-c", "raise SystemExit(2)"]).returncode) \
-        == "exit 2"
+    assert cmp.describe_exit(subprocess.run([sys.executable, "-c", "raise SystemExit(2)"]).returncode) == "exit 2"
 
 
 def test_generation_accuracy_with_the_real_kv_cached_generate():
