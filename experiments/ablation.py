@@ -89,6 +89,13 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                    "freeze, because activation patching found the injected runs read the new pair "
                                    "into the marker by hidden state 3, the baseline only from about 12 on",
                                    {**CHOSEN_FIELDS, "layer_offset": 14}),
+    "all-fixes+stride2+offset10": ("the chosen settings with teacher layer i <-> hidden state 10 + 2i (the counting "
+                                   "layer at the baseline's patching crossover, 11 blocks after the intervention); "
+                                   "run after the freeze, between the chosen row and offset 14",
+                                   {**CHOSEN_FIELDS, "layer_offset": 10}),
+    "all-fixes+stride2+offset6": ("the chosen settings with teacher layer i <-> hidden state 6 + 2i (15 blocks after "
+                                  "the intervention); run after the freeze, between the chosen row and offset 14",
+                                  {**CHOSEN_FIELDS, "layer_offset": 6}),
     "all-fixes+stride2+gate": ("the chosen settings, intervening only on batches whose answer the subspace already "
                                "reads at the marker for >= 0.95 of the examples (the decoding target); run after "
                                "the freeze, because count's subspace holds its answer only approximately",
