@@ -795,3 +795,56 @@ def test_cli_eval_and_decode(tmp_path, monkeypatch, capsys):
     assert png.stat().st_size > 5000
     assert cli.main(["decode", str(tmp_path), "abc"]) == 2  # a clear one-line error, not a traceback
     assert "is not a parity problem" in capsys.readouterr().err
+
+
+def test_offset_sweep_reads_the_criteria_seed_by_seed(tmp_path, capsys):
+    """experiments/offset_sweep.py: each offset row against the baseline of the same seed, by the criteria set
+    before the runs (new pair within 0.02 on every seed; almost-balanced >= the baseline and +0.05 in the mean;
+    test within 0.02; the causal margin >= 0.20 in the mean)."""
+    sweep = _experiment("offset_sweep")
+    assert sweep.offset_rows() == {0: "all-fixes+stride2", 6: "all-fixes+stride2+offset6",
+                                   10: "all-fixes+stride2+offset10", 14: "all-fixes+stride2+offset14"}
+
+    def write(name, seed, test, ab, new_pair, ans=None, rand=None):
+        d = tmp_path / "runs" / f"{name}-s{seed}"
+        d.mkdir(parents=True)
+        acc = {"test": test, "ood-length": 1.0, "ood-almost-balanced": ab, "ood-new-pair": new_pair}
+        res = {"run": {"task": "shuffle-dyck", "seed": seed}, "accuracy": {k: {"accuracy": v, "n": 200}
+                                                                           for k, v in acc.items()}}
+        if ans is not None:
+            res["causal"] = {"norms": [0.0], "answer_subspace": [test], "random_subspace": [test], "dim": 4,
+                             "relative": {"fractions": [0.3, 1.0], "norms": [60.0, 200.0], "median_norm": 200.0,
+                                          "mean_norm": 210.0, "answer_subspace": [0.9, ans],
+                                          "random_subspace": [0.9, rand]}}
+        (d / "eval.json").write_text(json.dumps(res))
+
+    for seed, base_ab, base_np in ((1, 0.70, 0.975), (2, 0.80, 0.995)):
+        write("baseline+frame-bos", seed, 0.99, base_ab, base_np)
+        write("all-fixes+stride2", seed, 0.995, base_ab + 0.2, 0.78, ans=0.5, rand=0.8)  # loses the new pair
+        # offset 10: level on the new pair (0.015 below), +0.06 on almost-balanced, causal margin 0.25 / 0.16
+        write("all-fixes+stride2+offset10", seed, 0.99, base_ab + 0.06, base_np - 0.015, ans=0.5,
+              rand=0.75 if seed == 1 else 0.66)
+    write("all-fixes+stride2+offset14", 1, 0.99, 0.9, 0.99, ans=0.7, rand=0.7)  # one seed only: not read
+    rows, baselines = sweep.sweep(tmp_path)
+    assert sorted(rows) == [0, 10, 14] and sorted(rows[14]) == [1]
+    assert rows[10][1]["causal margin"] == pytest.approx(0.25)
+    assert sweep.criteria(rows[10], baselines) == {"new pair": True, "almost-balanced": True,
+                                                   "in distribution": True, "causal": True}
+    assert sweep.criteria(rows[0], baselines) == {"new pair": False, "almost-balanced": True,
+                                                  "in distribution": True, "causal": True}
+    worse = {s: {**r, "ood-almost-balanced": baselines[s]["ood-almost-balanced"] + (0.2 if s == 1 else -0.01)}
+             for s, r in rows[10].items()}  # +0.095 in the mean, but below on seed 2
+    assert sweep.criteria(worse, baselines)["almost-balanced"] is False
+    weak = {s: {**r, "causal margin": 0.19} for s, r in rows[10].items()}
+    assert sweep.criteria(weak, baselines)["causal"] is False
+    with pytest.raises(ValueError, match="the same seeds"):
+        sweep.criteria(rows[14], baselines)
+    assert sweep.main([str(tmp_path)]) == 0
+    md = capsys.readouterr().out
+    assert "| 10 | [1, 2] | 0.990 / 0.990 (0.990 / 0.990) |" in md
+    assert "| 0.250 / 0.160 (—) | met | met | met | met |" in md
+    assert (tmp_path / "offsets.png").read_bytes()[:4] == b"\x89PNG"
+    for d in (tmp_path / "runs").glob("all-fixes+stride2*"):
+        (d / "eval.json").unlink()
+    with pytest.raises(SystemExit, match="a sweep needs two or more"):
+        sweep.sweep(tmp_path)
