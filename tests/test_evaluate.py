@@ -821,9 +821,10 @@ def test_offset_sweep_reads_the_criteria_seed_by_seed(tmp_path, capsys):
     for seed, base_ab, base_np in ((1, 0.70, 0.975), (2, 0.80, 0.995)):
         write("baseline+frame-bos", seed, 0.99, base_ab, base_np)
         write("all-fixes+stride2", seed, 0.995, base_ab + 0.2, 0.78, ans=0.5, rand=0.8)  # loses the new pair
-        # offset 10: level on the new pair (0.015 below), +0.06 on almost-balanced, causal margin 0.25 / 0.16
-        write("all-fixes+stride2+offset10", seed, 0.99, base_ab + 0.06, base_np - 0.015, ans=0.5,
-              rand=0.75 if seed == 1 else 0.66)
+        # offset 10: new pair exactly 4 of 200 below (0.955 - 0.975 is -0.0200...02 in floats: still within 0.02),
+        # +0.05 on almost-balanced, causal margin 0.25 / 0.15 (mean 0.20)
+        write("all-fixes+stride2+offset10", seed, 0.99, base_ab + 0.05, {1: 0.955, 2: 0.975}[seed], ans=0.5,
+              rand=0.75 if seed == 1 else 0.65)
     write("all-fixes+stride2+offset14", 1, 0.99, 0.9, 0.99, ans=0.7, rand=0.7)  # one seed only: not read
     rows, baselines = sweep.sweep(tmp_path)
     assert sorted(rows) == [0, 10, 14] and sorted(rows[14]) == [1]
@@ -837,12 +838,14 @@ def test_offset_sweep_reads_the_criteria_seed_by_seed(tmp_path, capsys):
     assert sweep.criteria(worse, baselines)["almost-balanced"] is False
     weak = {s: {**r, "causal margin": 0.19} for s, r in rows[10].items()}
     assert sweep.criteria(weak, baselines)["causal"] is False
+    lost = {s: {**r, "ood-new-pair": r["ood-new-pair"] - 0.005} for s, r in rows[10].items()}  # 5 of 200 below
+    assert sweep.criteria(lost, baselines)["new pair"] is False
     with pytest.raises(ValueError, match="the same seeds"):
         sweep.criteria(rows[14], baselines)
     assert sweep.main([str(tmp_path)]) == 0
     md = capsys.readouterr().out
     assert "| 10 | [1, 2] | 0.990 / 0.990 (0.990 / 0.990) |" in md
-    assert "| 0.250 / 0.160 (—) | met | met | met | met |" in md
+    assert "| 0.250 / 0.150 (—) | met | met | met | met |" in md
     assert (tmp_path / "offsets.png").read_bytes()[:4] == b"\x89PNG"
     for d in (tmp_path / "runs").glob("all-fixes+stride2*"):
         (d / "eval.json").unlink()
