@@ -20,6 +20,7 @@ the baselines' mean as a line).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -47,10 +48,9 @@ def offset_rows() -> dict[int, str]:
 
 
 def numbers(cols: dict[str, float]) -> dict[str, float]:
-    """The criteria's numbers from one run's ablation columns (the causal margin only where it was run)."""
+    """The criteria's numbers from one run's ablation columns (causal margin NaN where no causal test ran)."""
     out = {k: cols[k] for k in NUMBERS[:-1]}
-    if "causal 1x rand" in cols:
-        out["causal margin"] = cols["causal 1x rand"] - cols["causal 1x ans"]
+    out["causal margin"] = cols.get("causal 1x rand", math.nan) - cols.get("causal 1x ans", math.nan)
     return out
 
 
@@ -74,7 +74,7 @@ def criteria(runs: dict[int, dict[str, float]], baselines: dict[int, dict[str, f
 
 
 def sweep(out: Path) -> tuple[dict[int, dict[int, dict[str, float]]], dict[int, dict[str, float]]]:
-    """(offset -> seed -> numbers, seed -> the baseline's numbers), for the seeds every offset row has."""
+    """(offset -> seed -> numbers, seed -> the baseline's numbers); each row keeps the seeds its baseline has."""
     by_config = collect(out)
     if BASELINE not in by_config:
         raise SystemExit(f"{out / 'runs'} holds no evaluated {BASELINE} run; the criteria compare with it")

@@ -829,6 +829,8 @@ def test_offset_sweep_reads_the_criteria_seed_by_seed(tmp_path, capsys):
     rows, baselines = sweep.sweep(tmp_path)
     assert sorted(rows) == [0, 10, 14] and sorted(rows[14]) == [1]
     assert rows[10][1]["causal margin"] == pytest.approx(0.25)
+    assert np.isnan(baselines[1]["causal margin"])  # a baseline has no causal test; a run without one fails (4)
+    assert sweep.criteria(baselines, baselines)["causal"] is False
     assert sweep.criteria(rows[10], baselines) == {"new pair": True, "almost-balanced": True,
                                                    "in distribution": True, "causal": True}
     assert sweep.criteria(rows[0], baselines) == {"new pair": False, "almost-balanced": True,
