@@ -10,6 +10,7 @@ subspace breaks it while noise in a random subspace of the same dimension does n
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -345,6 +346,46 @@ def test_causal_test_noise_relative_to_the_residual_norm(setup):
             ev.causal_test(student, identity_adapter(student), teacher.answer_dims, 2, 2, arrays, norms=bad)
 
 
+def test_interchange_follows_the_donor_exactly_where_the_answer_lives(setup):
+    """The fake student reads its answer from the parity dimensions: swapping the answer subspace hands it the
+    donor's answer; a random subspace of the same dimension and the complement leave its own."""
+    student, teacher, task, encoder, _ = setup
+    arrays = encode_examples(task.examples("test", 200, 1), encoder, None)
+    receivers, donors = ev.interchange_pairs(arrays, seed=0)
+    marker = arrays.answer_index[:, 0]
+    first = arrays.targets[np.arange(len(arrays)), marker]
+    assert 150 <= len(receivers) <= 200  # a row of a length with only one answer has no partner
+    assert np.all(marker[receivers] == marker[donors]) and np.all(first[receivers] != first[donors])
+    res = ev.interchange_test(student, identity_adapter(student), teacher.answer_dims, 2, 2, arrays, batch_size=64)
+    assert res["n_pairs"] == len(receivers) and res["dim"] == 2 and res["n"] == 200
+    assert res["clean"] == {"receiver": 1.0, "donor": 0.0}
+    for site in ("prompt", "marker"):
+        assert res[site]["answer"] == {"donor": 1.0, "receiver": 0.0}
+        assert res[site]["complement"] == {"donor": 0.0, "receiver": 1.0}
+        assert res[site]["random"]["receiver"] > 0.8
+
+
+@pytest.mark.parametrize("at", [1, 2])  # 2 = the final residual: the full-logits path
+def test_interchange_of_the_whole_space_is_the_donors_own_forward_pass(at):
+    """With an adapter whose answer rows span the whole residual, the prompt swap replaces the receiver's
+    state by the donor's: the prediction is the donor's clean prediction, on a real (random) model."""
+    from jinject.models import ModelConfig, create_model
+
+    cfg = ModelConfig(family="gpt2", vocab_size=8, d_model=16, n_layers=2, n_heads=2, max_position_embeddings=32)
+    model = create_model(cfg, 1)
+    arrays = encode_examples(FakeTask().examples("test", 60, 3), PieceEncoder(FakeTokenizer()), None)
+    receivers, donors = ev.interchange_pairs(arrays, seed=0)
+    logits = np.asarray(model(jnp.asarray(arrays.inputs)).logits)
+    marker = arrays.answer_index[:, 0]
+    clean_pred = logits[np.arange(len(arrays)), marker].argmax(-1)
+    first = arrays.targets[np.arange(len(arrays)), marker]
+    whole = {"w": np.eye(16, dtype=np.float32)[None], "b": np.zeros((1, 16), np.float32)}
+    res = ev.interchange_test(model, whole, np.arange(16), 0, at, arrays, batch_size=16)
+    assert res["clean"]["receiver"] == pytest.approx(np.mean(clean_pred[receivers] == first[receivers]))
+    assert res["prompt"]["answer"]["donor"] == pytest.approx(np.mean(clean_pred[donors] == first[donors]))
+    assert res["prompt"]["complement"]["receiver"] == res["clean"]["receiver"]  # nothing outside the whole space
+
+
 def test_decoding_at_the_marker_and_at_the_written_layer(setup):
     student, teacher, _, _, arrays = setup
     adapter = identity_adapter(student)
@@ -390,17 +431,20 @@ def test_evaluate_run_writes_eval_json_and_table(tmp_path, monkeypatch):
     wall = time.perf_counter() - start
     saved = json.loads((tmp_path / "eval.json").read_text())
     # where the evaluation's time went, one entry per stage, adding up to no more than its wall time
-    assert list(saved["seconds"]) == ["accuracy/test", "accuracy/ood_long", "retention", "decoding", "causal"]
+    assert list(saved["seconds"]) == ["accuracy/test", "accuracy/ood_long", "retention", "decoding", "causal",
+                                      "interchange"]
     assert all(t > 0 for t in saved["seconds"].values()) and sum(saved["seconds"].values()) <= wall
     assert saved["accuracy"]["test"]["accuracy"] == 1.0 and saved["accuracy"]["ood_long"]["n"] == 10
     assert saved["decoding"]["mean"] == 1.0
     assert saved["causal"]["answer_subspace"][0] == 1.0
+    assert saved["interchange"]["prompt"]["answer"]["donor"] == 1.0
     assert saved["retention"]["kl"] == pytest.approx(0.0, abs=1e-6)
     table = ev.format_table(res)
     assert "ood_long" in table and "parity" in table and "answer subspace" in table
+    assert "  answer              1.000 / 0.000           1.000 / 0.000" in table
 
     base = ev.evaluate_run(_fake_run(True), n_examples=6, n_text_windows=2, text_seq_len=16)
-    assert base["decoding"] is None and base["causal"] is None
+    assert base["decoding"] is None and base["causal"] is None and base["interchange"] is None
     assert list(base["seconds"]) == ["accuracy/test", "accuracy/ood_long", "retention"]
     assert "n/a (baseline" in ev.format_table(base)
 
@@ -539,6 +583,31 @@ def test_new_pair_patching_restores_exactly_where_the_forward_pass_says(tmp_path
     assert all(0 < p["dim"] <= run.model.config.d_model for p in parts)  # tiny: D_t > D_s, the whole space
     np.testing.assert_allclose([parts[0][s][0] for s in ("program", "complement", "random")], 0.0, atol=1e-6)
     assert npp.patching_curves(run, []) == {"n": 0}
+
+
+def test_interchange_script_caches_per_split_and_refuses_a_baseline(tmp_path, monkeypatch, capsys):
+    """experiments/interchange.py reruns the test on an evaluated run's own examples (its n and seed), caches
+    them per split, and reads the cache without loading the run again."""
+    ich = _experiment("interchange")
+    run_dir = tmp_path / "parity-s0"
+    run_dir.mkdir()
+    (run_dir / "eval.json").write_text(json.dumps({"settings": {"n_examples": 60, "eval_seed": 3}}))
+    monkeypatch.setattr(ich, "load_run", lambda d: _fake_run(False))
+    first = ich.run_interchange(run_dir, ["test"])["test"]
+    assert first["n"] == 60 and first["prompt"]["answer"]["donor"] == 1.0
+    assert ich.columns(first)["margin"] == 1.0 - first["prompt"]["random"]["donor"]
+
+    def no_reload(d):
+        raise AssertionError("the cached split must not load the run")
+
+    monkeypatch.setattr(ich, "load_run", no_reload)
+    monkeypatch.setattr(sys, "argv", ["interchange.py", str(run_dir)])
+    ich.main()
+    assert "| parity-s0 | 1.000 | " in capsys.readouterr().out
+    (run_dir / ich.CACHE).unlink()
+    monkeypatch.setattr(ich, "load_run", lambda d: SimpleNamespace(**{**vars(_fake_run(True)), "adapter": None}))
+    with pytest.raises(SystemExit, match="baseline run has no adapter"):
+        ich.run_interchange(run_dir, ["test"])
 
 
 def test_compare_tables_mean_and_std_over_seeds(tmp_path):

@@ -1,9 +1,10 @@
-"""Evaluation of a trained run: accuracy, language retention, decoding accuracy, causal test -> eval.json.
+"""Evaluation of a trained run: accuracy, language retention, decoding accuracy, causal tests -> eval.json.
 
-One module per measurement (`accuracy`; `language`: retention; `probing`: decoding accuracy; `causal`)
-around one shared readout of the RASP variables (`readout`, also used by `jinject.decoding`); `report`
-runs them all on a run and formats the table; `config` holds the settings and their defaults
-(`EvalConfig`, read by `jinject eval`); `batching` runs a model jitted over fixed-shape batches.
+One module per measurement (`accuracy`; `language`: retention; `probing`: decoding accuracy; `causal` and
+`interchange`: is the answer in the answer subspace) around one shared readout of the RASP variables
+(`readout`, also used by `jinject.decoding`); `report` runs them all on a run and formats the table;
+`config` holds the settings and their defaults (`EvalConfig`, read by `jinject eval`); `batching` runs a
+model jitted over fixed-shape batches.
 
 The public names are imported lazily, so that `jinject.evaluate.config` loads without JAX (the command
 line builds its parser from it).
@@ -40,6 +41,8 @@ _PUBLIC = {
     "subspace_noise": "causal",
     "causal_test": "causal",
     "residual_norms": "causal",
+    "interchange_pairs": "interchange",
+    "interchange_test": "interchange",
     "heldout_metrics": "heldout",
     "fits_teacher": "report",
     "split_examples": "report",

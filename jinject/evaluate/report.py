@@ -1,8 +1,9 @@
 """The evaluation of a trained run: the four measurements -> eval.json, and the table `jinject eval` prints.
 
 Accuracy (`accuracy`) on the test split and every OOD split; language retention (`language`); decoding
-accuracy through the adapter (`probing`); the causal test (`causal`). A baseline run has no adapter: its
-decoding and causal entries are `None` (absent, not zero). docs/method.md, Evaluation, says why each.
+accuracy through the adapter (`probing`); the causal tests (`causal`: noise; `interchange`: the donor's answer
+subspace). A baseline run has no adapter: its decoding, causal and interchange entries are `None` (absent,
+not zero). docs/method.md, Evaluation, says why each.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from jinject.data import PieceEncoder, encode_examples, load_corpus, split_corpu
 from jinject.evaluate.accuracy import generation_accuracy
 from jinject.evaluate.causal import causal_test
 from jinject.evaluate.config import EvalConfig
+from jinject.evaluate.interchange import PARTS, SITES, interchange_test
 from jinject.evaluate.language import retention, text_windows
 from jinject.evaluate.probing import decoding_accuracy
 
@@ -98,6 +100,7 @@ def evaluate_run(
     if config.baseline or teacher is None:
         results["decoding"] = None
         results["causal"] = None
+        results["interchange"] = None
     else:
         if test_examples is None:
             test_examples = split_examples(task, "test", max(s.n_examples, s.n_decode), s.seed, teacher)
@@ -118,6 +121,11 @@ def evaluate_run(
             results["causal"] = causal_test(run.model, run.adapter, teacher.answer_dims, teacher.n_layers,
                                             run.intervene_at, causal_arrays, norms=s.noise_norms,
                                             relative=s.relative_noise, batch_size=s.batch_size, seed=s.seed)
+        say("interchange test")
+        with timed(seconds, "interchange"):
+            results["interchange"] = interchange_test(run.model, run.adapter, teacher.answer_dims, teacher.n_layers,
+                                                      run.intervene_at, causal_arrays, batch_size=s.batch_size,
+                                                      seed=s.seed)
     results["seconds"] = seconds
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -185,4 +193,14 @@ def format_table(results: dict[str, Any]) -> str:
             for f, n, a, b in zip(rel["fractions"], rel["norms"], rel["answer_subspace"], rel["random_subspace"],
                                   strict=True):
                 lines.append(f"  {f:>5g} x = {n:<7.1f}{_fmt(a):>15}{_fmt(b):>18}")
+    swap = results.get("interchange")
+    if swap:
+        pair = lambda x: f"{_fmt(x['donor'])} / {_fmt(x['receiver'])}"
+        lines += ["", f"interchange test: part of a donor's hidden state {swap['student_index']} written into "
+                      f"{swap['n_pairs']} test examples (donor: same prompt length, other answer)",
+                  "  first answer token: the donor's / the example's own",
+                  f"  {'swapped part':<20}{'every prompt position':<24}the marker only",
+                  f"  {'none':<20}{pair(swap['clean'])}"]
+        for part in PARTS:
+            lines.append(f"  {part:<20}" + "".join(f"{pair(swap[site][part]):<24}" for site in SITES).rstrip())
     return "\n".join(lines)

@@ -1,0 +1,122 @@
+"""The interchange test: does the student's answer FOLLOW what the answer subspace holds?
+
+The noise test (`causal`) asks whether noise in the answer subspace costs more than noise elsewhere; its
+answer depends on how large the noise is against what the later blocks tolerate, which changes with depth.
+The interchange test needs no scale: each test example (the *receiver*) is paired with a *donor* whose
+prompt has the same length and whose answer starts with a different token. At the student hidden state
+where training intervened, one part of the receiver's residual is replaced by the donor's (from the
+donor's own clean forward pass), and the first answer token is read at the marker (the last prompt
+position, teacher-forced like `accuracy.teacher_forced_exact`). Parts:
+
+- `answer`: the answer subspace (the row space of the adapter restricted to the answer dimensions);
+- `random`: a random subspace of the same dimension (the control);
+- `complement`: everything but the answer subspace (what training's detach-and-roll hands over).
+
+Sites: `prompt` swaps at every prompt position (as training intervened), `marker` at the marker only.
+For each (site, part) the fractions of pairs whose prediction is the donor's first answer token and the
+receiver's own. An answer held in the subspace reads: `answer` follows the donor, `random` and
+`complement` keep the receiver's answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jinject.data import TaskArrays
+from jinject.evaluate.batching import batches, jit_model, pad_rows
+from jinject.evaluate.causal import random_basis
+from jinject.objective import answer_subspace_basis, project
+
+SITES = ("prompt", "marker")
+PARTS = ("answer", "random", "complement")
+
+
+def interchange_pairs(arrays: TaskArrays, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(receiver rows, donor rows): each row with a random partner whose prompt has the same length and whose
+    first answer token differs; rows without one are left out."""
+    n = len(arrays)
+    marker = arrays.answer_index[:, 0]
+    first = arrays.targets[np.arange(n), marker]
+    has_answer = arrays.answer_valid[:, 0] > 0
+    rng = np.random.default_rng(seed)
+    receivers, donors = [], []
+    for i in np.flatnonzero(has_answer):
+        candidates = np.flatnonzero(has_answer & (marker == marker[i]) & (first != first[i]))
+        if len(candidates):
+            receivers.append(i)
+            donors.append(rng.choice(candidates))
+    return np.asarray(receivers, np.int64), np.asarray(donors, np.int64)
+
+
+def swap_part(h: jax.Array, h_donor: jax.Array, basis: jax.Array, where: jax.Array, complement: jax.Array) -> jax.Array:
+    """h with its component in span(basis) (`complement` = 1: outside it) replaced by h_donor's, at the
+    positions where `where` [B, T] is 1."""
+    delta = h_donor.astype(jnp.float32) - h.astype(jnp.float32)
+    inside = project(delta, basis)
+    change = inside + complement * (delta - 2 * inside)  # complement 0: inside; 1: delta - inside
+    return (h.astype(jnp.float32) + where[..., None] * change).astype(h.dtype)
+
+
+def interchange_test(
+    model: nnx.Module,
+    adapter: dict,
+    answer_dims: np.ndarray,
+    top_layer: int,
+    at: int,
+    arrays: TaskArrays,
+    *,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How often the first answer token follows the donor's answer subspace (module docstring)."""
+    answer_basis = answer_subspace_basis(jax.tree.map(jnp.asarray, adapter), np.asarray(answer_dims), top_layer)
+    d, k = answer_basis.shape
+    rand_basis = random_basis(jax.random.fold_in(jax.random.key(seed), 2), d, k)
+    receivers, donors = interchange_pairs(arrays, seed)
+    n_layers = model.config.n_layers
+
+    def predict(m: nnx.Module, ids, ids_donor, marker, where, basis, complement):
+        h_donor = m(ids_donor).hidden_states[at]
+        hook = lambda h: swap_part(h, h_donor, basis, where, complement)
+        out = m(ids, intervene=hook, intervene_at=at)
+        rows = jnp.arange(ids.shape[0])
+        if at == n_layers:  # the recorded final residual predates the swap
+            logits = out.logits[rows, marker]
+        else:
+            logits = m.unembed(m.final_norm(out.hidden_states[-1][rows, marker]))
+        return jnp.argmax(logits, axis=-1)
+
+    run = jit_model(model, predict)
+    width = arrays.inputs.shape[1]
+    marker = arrays.answer_index[:, 0]
+    first = arrays.targets[np.arange(len(arrays)), marker]
+    positions = np.arange(width)[None]
+    masks = {"prompt": (positions <= marker[:, None]).astype(np.float32),
+             "marker": (positions == marker[:, None]).astype(np.float32)}
+
+    def predictions(site: str | None, basis: jax.Array, complement: float) -> np.ndarray:
+        out = []
+        for sl in batches(len(receivers), batch_size):
+            r, dn = receivers[sl], donors[sl]
+            where = masks[site][r] if site is not None else np.zeros((len(r), width), np.float32)
+            cols = [pad_rows(x, batch_size) for x in (arrays.inputs[r], arrays.inputs[dn], marker[r], where)]
+            out.append(np.asarray(run(*cols, basis, jnp.float32(complement)))[: len(r)])
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    own, theirs = first[receivers], first[donors]
+    share = lambda pred, target: float(np.mean(pred == target)) if len(pred) else None
+    clean = predictions(None, answer_basis, 0.0)
+    result: dict[str, Any] = {"n": len(arrays), "n_pairs": int(len(receivers)), "dim": int(k), "student_index": int(at),
+                              "clean": {"receiver": share(clean, own), "donor": share(clean, theirs)}}
+    for site in SITES:
+        result[site] = {}
+        for part, basis, complement in (("answer", answer_basis, 0.0), ("random", rand_basis, 0.0),
+                                        ("complement", answer_basis, 1.0)):
+            pred = predictions(site, basis, complement)
+            result[site][part] = {"donor": share(pred, theirs), "receiver": share(pred, own)}
+    return result
