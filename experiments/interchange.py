@@ -64,11 +64,12 @@ def run_interchange(run_dir: Path, splits: list[str]) -> dict[str, Any]:
 
 
 def columns(result: dict[str, Any]) -> dict[str, float]:
-    prompt = result["prompt"]
-    return {"answer": prompt["answer"]["donor"], "random": prompt["random"]["donor"],
-            "margin": prompt["answer"]["donor"] - prompt["random"]["donor"],
-            "complement keeps": prompt["complement"]["receiver"],
-            "marker answer": result["marker"]["answer"]["donor"], "pairs": result["n_pairs"]}
+    """The table's columns of one split (NaN where the split has no pair: e.g. every answer the same)."""
+    share = lambda site, part, who: float("nan") if result[site][part][who] is None else result[site][part][who]
+    answer, random = share("prompt", "answer", "donor"), share("prompt", "random", "donor")
+    return {"answer": answer, "random": random, "margin": answer - random,
+            "complement keeps": share("prompt", "complement", "receiver"),
+            "marker answer": share("marker", "answer", "donor"), "pairs": result["n_pairs"]}
 
 
 def main() -> None:
