@@ -29,6 +29,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import jax
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from new_pair_errors import print_config_means  # noqa: E402
@@ -60,6 +62,7 @@ def run_interchange(run_dir: Path, splits: list[str]) -> dict[str, Any]:
             cached[split] = interchange_test(run.model, run.adapter, run.teacher.answer_dims, run.teacher.n_layers,
                                              run.intervene_at, arrays, seed=settings["eval_seed"])
         cache_file.write_text(json.dumps(cached, indent=2) + "\n")
+        jax.clear_caches()  # each run compiles its own model: free them, or a long list of runs runs out of memory
     return {s: cached[s] for s in splits}
 
 
