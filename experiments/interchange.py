@@ -12,7 +12,9 @@ the donor's. Columns, at every prompt position unless `marker` says the marker o
 - `answer`, `random`: the share of pairs that follow the donor when the answer subspace / a random subspace
   of the same dimension is swapped; `margin` = answer - random;
 - `complement keeps`: the share that keep their own answer when everything BUT the answer subspace is swapped
-  (training's detach-and-roll condition).
+  (training's detach-and-roll condition);
+- `answer swap / median`, `random swap / median`: the median size of the swap at the marker in units of the
+  median residual norm (the noise test's unit), so the two tests can be set side by side.
 
 Question fixed before the runs were read (shuffle-dyck, 900 steps, layer offsets 0 / 6 / 10 / 14): does the
 answer subspace carry the answer at offsets 6-14, where the noise test found it not causal? Reading rule:
@@ -36,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from new_pair_errors import print_config_means  # noqa: E402
 
 from jinject.data import PieceEncoder, encode_examples
-from jinject.evaluate.interchange import interchange_test
+from jinject.evaluate.interchange import interchange_pairs, interchange_test, site_norms, subspace_bases
 from jinject.evaluate.report import split_examples
 from jinject.trainer import load_run
 
@@ -44,23 +46,28 @@ CACHE = "interchange.json"
 
 
 def run_interchange(run_dir: Path, splits: list[str]) -> dict[str, Any]:
-    """{split: interchange_test result} on the run's evaluation examples (its n and seed), cached."""
+    """{split: interchange_test result} on the run's evaluation examples (its n and seed), cached; a cached
+    split from before the test reported its norms gets them added."""
     cache_file = run_dir / CACHE
     cached = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    missing = [s for s in splits if s not in cached]
-    if missing:
+    todo = [s for s in splits if "norms" not in cached.get(s, {})]
+    if todo:
         if not (run_dir / "eval.json").exists():
             raise SystemExit(f"{run_dir}: no eval.json; evaluate it first (jinject eval {run_dir})")
         settings = json.loads((run_dir / "eval.json").read_text())["settings"]
+        n, seed = settings["n_examples"], settings["eval_seed"]
         run = load_run(run_dir)
         if run.adapter is None:
             raise SystemExit(f"{run_dir}: a baseline run has no adapter, so no answer subspace to swap")
         encoder = PieceEncoder(run.tokenizer)
-        for split in missing:
-            examples = split_examples(run.task, split, settings["n_examples"], settings["eval_seed"], run.teacher)
-            arrays = encode_examples(examples, encoder, None)
-            cached[split] = interchange_test(run.model, run.adapter, run.teacher.answer_dims, run.teacher.n_layers,
-                                             run.intervene_at, arrays, seed=settings["eval_seed"])
+        answer = (run.adapter, run.teacher.answer_dims, run.teacher.n_layers)
+        for split in todo:
+            arrays = encode_examples(split_examples(run.task, split, n, seed, run.teacher), encoder, None)
+            if split in cached:
+                cached[split]["norms"] = site_norms(run.model, subspace_bases(*answer, seed), run.intervene_at, arrays,
+                                                    *interchange_pairs(arrays, seed))
+            else:
+                cached[split] = interchange_test(run.model, *answer, run.intervene_at, arrays, seed=seed)
         cache_file.write_text(json.dumps(cached, indent=2) + "\n")
         jax.clear_caches()  # each run compiles its own model: free them, or a long list of runs runs out of memory
     return {s: cached[s] for s in splits}
@@ -72,7 +79,14 @@ def columns(result: dict[str, Any]) -> dict[str, float]:
     answer, random = share("prompt", "answer", "donor"), share("prompt", "random", "donor")
     return {"answer": answer, "random": random, "margin": answer - random,
             "complement keeps": share("prompt", "complement", "receiver"),
-            "marker answer": share("marker", "answer", "donor"), "pairs": result["n_pairs"]}
+            "marker answer": share("marker", "answer", "donor"), "pairs": result["n_pairs"],
+            **{f"{part} swap / median": norm(result["norms"], part) for part in ("answer", "random")}}
+
+
+def norm(norms: dict[str, Any], part: str) -> float:
+    """The median swap at the marker in units of the median residual norm (the noise test's unit)."""
+    swap = norms[f"{part}_swap_at_marker"]
+    return float("nan") if swap is None else swap / norms["median_residual"]
 
 
 def main() -> None:

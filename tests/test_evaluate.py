@@ -363,6 +363,13 @@ def test_interchange_follows_the_donor_exactly_where_the_answer_lives(setup):
         assert res[site]["answer"] == {"donor": 1.0, "receiver": 0.0}
         assert res[site]["complement"] == {"donor": 0.0, "receiver": 1.0}
         assert res[site]["random"]["receiver"] > 0.8
+    # the student is an isometry of the teacher: at the marker the parity one-hot has norm 1 and two different
+    # parities differ by norm sqrt(2); the residual's median norm is the noise test's
+    norms = res["norms"]
+    assert norms["answer_part_at_marker"] == pytest.approx(1.0, rel=1e-5)
+    assert norms["answer_swap_at_marker"] == pytest.approx(np.sqrt(2), rel=1e-5)
+    assert norms["median_residual"] == pytest.approx(ev.residual_norms(student, arrays, 2)[0], rel=1e-5)
+    assert norms["random_swap_at_marker"] < 0.5 * norms["answer_swap_at_marker"]
 
 
 @pytest.mark.parametrize("at", [1, 2])  # 2 = the final residual: the full-logits path
@@ -442,6 +449,7 @@ def test_evaluate_run_writes_eval_json_and_table(tmp_path, monkeypatch):
     table = ev.format_table(res)
     assert "ood_long" in table and "parity" in table and "answer subspace" in table
     assert "  answer              1.000 / 0.000           1.000 / 0.000" in table
+    assert "median swap at the marker: answer subspace 1.41, random" in table
 
     base = ev.evaluate_run(_fake_run(True), n_examples=6, n_text_windows=2, text_seq_len=16)
     assert base["decoding"] is None and base["causal"] is None and base["interchange"] is None
@@ -597,13 +605,20 @@ def test_interchange_script_caches_per_split_and_refuses_a_baseline(tmp_path, mo
     assert first["n"] == 60 and first["prompt"]["answer"]["donor"] == 1.0
     assert ich.columns(first)["margin"] == 1.0 - first["prompt"]["random"]["donor"]
 
-    def no_reload(d):
-        raise AssertionError("the cached split must not load the run")
+    def no_reload(*_, **__):
+        raise AssertionError("a cached split must not be computed again")
 
     monkeypatch.setattr(ich, "load_run", no_reload)
     monkeypatch.setattr(sys, "argv", ["interchange.py", str(run_dir)])
     ich.main()
     assert "| parity-s0 | 1.000 | " in capsys.readouterr().out
+    # a split cached before the test reported its norms gets the norms alone, equal to a full run's
+    stale = json.loads((run_dir / ich.CACHE).read_text())
+    del stale["test"]["norms"]
+    (run_dir / ich.CACHE).write_text(json.dumps(stale))
+    monkeypatch.setattr(ich, "load_run", lambda d: _fake_run(False))
+    monkeypatch.setattr(ich, "interchange_test", no_reload)
+    assert ich.run_interchange(run_dir, ["test"])["test"]["norms"] == pytest.approx(first["norms"])
     (run_dir / ich.CACHE).unlink()
     monkeypatch.setattr(ich, "load_run", lambda d: SimpleNamespace(**{**vars(_fake_run(True)), "adapter": None}))
     with pytest.raises(SystemExit, match="baseline run has no adapter"):

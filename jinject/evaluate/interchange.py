@@ -15,7 +15,9 @@ position, teacher-forced like `accuracy.teacher_forced_exact`). Parts:
 Sites: `prompt` swaps at every prompt position (as training intervened), `marker` at the marker only.
 For each (site, part) the fractions of pairs whose prediction is the donor's first answer token and the
 receiver's own. An answer held in the subspace reads: `answer` follows the donor, `random` and
-`complement` keep the receiver's answer.
+`complement` keep the receiver's answer. `norms` gives the sizes that set this beside the noise test: the
+median residual norm (the noise test's unit) and, at the marker, the median norm of the swap in each
+subspace (the donor's part minus the receiver's).
 """
 
 from __future__ import annotations
@@ -62,6 +64,44 @@ def swap_part(h: jax.Array, h_donor: jax.Array, basis: jax.Array, where: jax.Arr
     return (h.astype(jnp.float32) + where[..., None] * change).astype(h.dtype)
 
 
+def subspace_bases(adapter: dict, answer_dims: np.ndarray, top_layer: int, seed: int = 0) -> dict[str, jax.Array]:
+    """The answer subspace's orthonormal basis [D_s, k] and a random one of the same dimension."""
+    answer = answer_subspace_basis(jax.tree.map(jnp.asarray, adapter), np.asarray(answer_dims), top_layer)
+    return {"answer": answer, "random": random_basis(jax.random.fold_in(jax.random.key(seed), 2), *answer.shape)}
+
+
+def site_norms(model: nnx.Module, bases: dict[str, jax.Array], at: int, arrays: TaskArrays, receivers: np.ndarray,
+               donors: np.ndarray, batch_size: int = 32) -> dict[str, float]:
+    """Median residual norm at hidden state `at` over real positions, and per basis the median norm at the
+    marker of the receiver's part and of the swap (donor's part - receiver's)."""
+    names = list(bases)
+    stacked = jnp.concatenate([bases[n] for n in names], axis=1)
+
+    def fwd(m: nnx.Module, ids, marker):
+        h = m(ids).hidden_states[at].astype(jnp.float32)
+        at_marker = h[jnp.arange(ids.shape[0]), marker]
+        return jnp.linalg.norm(h, axis=-1), jnp.einsum("bd,dk->bk", at_marker, stacked, precision="highest")
+
+    run = jit_model(model, fwd)
+    marker = arrays.answer_index[:, 0]
+    norms, coords = [], []
+    for sl in batches(len(arrays), batch_size):
+        n, c = run(pad_rows(arrays.inputs[sl], batch_size), pad_rows(marker[sl], batch_size))
+        rows = sl.stop - sl.start
+        norms.append(np.asarray(n)[:rows][arrays.real_mask[sl] > 0])
+        coords.append(np.asarray(c)[:rows])
+    coords_all = np.concatenate(coords)
+    result = {"median_residual": float(np.median(np.concatenate(norms)))}
+    start = 0
+    for name in names:
+        part = coords_all[:, start:start + bases[name].shape[1]]
+        start += bases[name].shape[1]
+        result[f"{name}_part_at_marker"] = float(np.median(np.linalg.norm(part, axis=-1)))
+        swap = np.linalg.norm(part[donors] - part[receivers], axis=-1)
+        result[f"{name}_swap_at_marker"] = float(np.median(swap)) if len(swap) else None
+    return result
+
+
 def interchange_test(
     model: nnx.Module,
     adapter: dict,
@@ -74,9 +114,9 @@ def interchange_test(
     seed: int = 0,
 ) -> dict[str, Any]:
     """How often the first answer token follows the donor's answer subspace (module docstring)."""
-    answer_basis = answer_subspace_basis(jax.tree.map(jnp.asarray, adapter), np.asarray(answer_dims), top_layer)
-    d, k = answer_basis.shape
-    rand_basis = random_basis(jax.random.fold_in(jax.random.key(seed), 2), d, k)
+    bases = subspace_bases(adapter, answer_dims, top_layer, seed)
+    answer_basis, rand_basis = bases["answer"], bases["random"]
+    k = answer_basis.shape[1]
     receivers, donors = interchange_pairs(arrays, seed)
     n_layers = model.config.n_layers
 
@@ -119,4 +159,5 @@ def interchange_test(
                                         ("complement", answer_basis, 1.0)):
             pred = predictions(site, basis, complement)
             result[site][part] = {"donor": share(pred, theirs), "receiver": share(pred, own)}
+    result["norms"] = site_norms(model, bases, at, arrays, receivers, donors, batch_size)
     return result
