@@ -450,6 +450,8 @@ def test_evaluate_run_writes_eval_json_and_table(tmp_path, monkeypatch):
     assert "ood_long" in table and "parity" in table and "answer subspace" in table
     assert "  answer              1.000 / 0.000           1.000 / 0.000" in table
     assert "median swap at the marker: answer subspace 1.41, random" in table
+    del res["interchange"]["norms"]  # an eval.json from before the sizes were reported still prints
+    assert "median swap" not in ev.format_table(res) and "complement" in ev.format_table(res)
 
     base = ev.evaluate_run(_fake_run(True), n_examples=6, n_text_windows=2, text_seq_len=16)
     assert base["decoding"] is None and base["causal"] is None and base["interchange"] is None

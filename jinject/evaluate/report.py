@@ -203,7 +203,9 @@ def format_table(results: dict[str, Any]) -> str:
                   f"  {'none':<20}{pair(swap['clean'])}"]
         for part in PARTS:
             lines.append(f"  {part:<20}" + "".join(f"{pair(swap[site][part]):<24}" for site in SITES).rstrip())
-        sizes = swap["norms"]
-        lines.append(f"  median swap at the marker: answer subspace {_fmt(sizes['answer_swap_at_marker'], 2)}, random "
-                     f"{_fmt(sizes['random_swap_at_marker'], 2)} (median residual norm {sizes['median_residual']:.2f})")
+        sizes = swap.get("norms")  # absent in an eval.json written before the sizes were reported
+        if sizes:
+            lines.append(f"  median swap at the marker: answer subspace {_fmt(sizes['answer_swap_at_marker'], 2)}, "
+                         f"random {_fmt(sizes['random_swap_at_marker'], 2)} (median residual norm "
+                         f"{sizes['median_residual']:.2f})")
     return "\n".join(lines)
