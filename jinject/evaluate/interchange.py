@@ -31,19 +31,24 @@ from flax import nnx
 
 from jinject.data import TaskArrays
 from jinject.evaluate.batching import batches, jit_model, pad_rows
-from jinject.evaluate.causal import random_basis
+from jinject.evaluate.causal import random_basis, residual_norms
 from jinject.objective import answer_subspace_basis, project
+from jinject.step import answer_logits
 
 SITES = ("prompt", "marker")
 PARTS = ("answer", "random", "complement")
 
 
+def marker_and_first(arrays: TaskArrays) -> tuple[np.ndarray, np.ndarray]:
+    """([N] the marker position: the last prompt token, where the first answer token is predicted; [N] that token)."""
+    marker = arrays.answer_index[:, 0]
+    return marker, arrays.targets[np.arange(len(arrays)), marker]
+
+
 def interchange_pairs(arrays: TaskArrays, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(receiver rows, donor rows): each row with a random partner whose prompt has the same length and whose
     first answer token differs; rows without one are left out."""
-    n = len(arrays)
-    marker = arrays.answer_index[:, 0]
-    first = arrays.targets[np.arange(n), marker]
+    marker, first = marker_and_first(arrays)
     has_answer = arrays.answer_valid[:, 0] > 0
     rng = np.random.default_rng(seed)
     receivers, donors = [], []
@@ -77,21 +82,16 @@ def site_norms(model: nnx.Module, bases: dict[str, jax.Array], at: int, arrays: 
     names = list(bases)
     stacked = jnp.concatenate([bases[n] for n in names], axis=1)
 
-    def fwd(m: nnx.Module, ids, marker):
-        h = m(ids).hidden_states[at].astype(jnp.float32)
-        at_marker = h[jnp.arange(ids.shape[0]), marker]
-        return jnp.linalg.norm(h, axis=-1), jnp.einsum("bd,dk->bk", at_marker, stacked, precision="highest")
+    def coords_at_marker(m: nnx.Module, ids, marker):
+        h = m(ids).hidden_states[at][jnp.arange(ids.shape[0]), marker].astype(jnp.float32)
+        return jnp.einsum("bd,dk->bk", h, stacked, precision="highest")
 
-    run = jit_model(model, fwd)
-    marker = arrays.answer_index[:, 0]
-    norms, coords = [], []
-    for sl in batches(len(arrays), batch_size):
-        n, c = run(pad_rows(arrays.inputs[sl], batch_size), pad_rows(marker[sl], batch_size))
-        rows = sl.stop - sl.start
-        norms.append(np.asarray(n)[:rows][arrays.real_mask[sl] > 0])
-        coords.append(np.asarray(c)[:rows])
-    coords_all = np.concatenate(coords)
-    result = {"median_residual": float(np.median(np.concatenate(norms)))}
+    run = jit_model(model, coords_at_marker)
+    marker, _ = marker_and_first(arrays)
+    coords_all = np.concatenate([np.asarray(run(pad_rows(arrays.inputs[sl], batch_size),
+                                                pad_rows(marker[sl], batch_size)))[: sl.stop - sl.start]
+                                 for sl in batches(len(arrays), batch_size)])
+    result = {"median_residual": residual_norms(model, arrays, at, batch_size)[0]}
     start = 0
     for name in names:
         part = coords_all[:, start:start + bases[name].shape[1]]
@@ -124,17 +124,14 @@ def interchange_test(
         h_donor = m(ids_donor).hidden_states[at]
         hook = lambda h: swap_part(h, h_donor, basis, where, complement)
         out = m(ids, intervene=hook, intervene_at=at)
-        rows = jnp.arange(ids.shape[0])
-        if at == n_layers:  # the recorded final residual predates the swap
-            logits = out.logits[rows, marker]
-        else:
-            logits = m.unembed(m.final_norm(out.hidden_states[-1][rows, marker]))
-        return jnp.argmax(logits, axis=-1)
+        index = marker[:, None]
+        batch = {"answer_index": index, "targets": jnp.zeros_like(ids), "answer_valid": jnp.ones_like(index)}
+        logits, _, _ = answer_logits(m, out, batch, at == n_layers)  # final residual: it predates the swap
+        return jnp.argmax(logits[:, 0], axis=-1)
 
     run = jit_model(model, predict)
     width = arrays.inputs.shape[1]
-    marker = arrays.answer_index[:, 0]
-    first = arrays.targets[np.arange(len(arrays)), marker]
+    marker, first = marker_and_first(arrays)
     positions = np.arange(width)[None]
     masks = {"prompt": (positions <= marker[:, None]).astype(np.float32),
              "marker": (positions == marker[:, None]).astype(np.float32)}
