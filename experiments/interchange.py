@@ -1,6 +1,6 @@
 """The interchange test on trained runs, per split: does the answer follow the donor's answer subspace?
 
-    python experiments/interchange.py RUN... [--splits test ood-new-pair]   # evaluated, aligned runs
+    python experiments/interchange.py RUN... [--splits test ood-new-pair] [--by prediction]   # evaluated, aligned runs
 
 The noise test of `jinject eval` adds noise of a fixed size (a fraction of the median residual norm) at the
 intervention site. Deeper sites have more blocks after them that may tolerate or repair that noise, so a
@@ -15,6 +15,10 @@ the donor's. Columns, at every prompt position unless `marker` says the marker o
   (training's detach-and-roll condition);
 - `answer swap / median`, `random swap / median`: the median size of the swap at the marker in units of the
   median residual norm (the noise test's unit), so the two tests can be set side by side.
+
+`--by prediction` pairs and scores by each example's clean prediction instead of its right answer, so that
+an OOD split reads whether the subspace carries what the run answers, right or wrong (cached as
+"SPLIT by prediction").
 
 Question fixed before the runs were read (shuffle-dyck, 900 steps, layer offsets 0 / 6 / 10 / 14): does the
 answer subspace carry the answer at offsets 6-14, where the noise test found it not causal? Reading rule:
@@ -45,12 +49,17 @@ from jinject.trainer import load_run
 CACHE = "interchange.json"
 
 
-def run_interchange(run_dir: Path, splits: list[str]) -> dict[str, Any]:
+def cache_key(split: str, by: str) -> str:
+    """A split's entry in RUN/interchange.json: the split's name when paired by answer (as before `--by`)."""
+    return split if by == "answer" else f"{split} by {by}"
+
+
+def run_interchange(run_dir: Path, splits: list[str], by: str = "answer") -> dict[str, Any]:
     """{split: interchange_test result} on the run's evaluation examples (its n and seed), cached; a cached
     split from before the test reported its norms gets them added."""
     cache_file = run_dir / CACHE
     cached = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    todo = [s for s in splits if "norms" not in cached.get(s, {})]
+    todo = [s for s in splits if "norms" not in cached.get(cache_key(s, by), {})]
     if todo:
         if not (run_dir / "eval.json").exists():
             raise SystemExit(f"{run_dir}: no eval.json; evaluate it first (jinject eval {run_dir})")
@@ -63,14 +72,15 @@ def run_interchange(run_dir: Path, splits: list[str]) -> dict[str, Any]:
         answer = (run.adapter, run.teacher.answer_dims, run.teacher.n_layers)
         for split in todo:
             arrays = encode_examples(split_examples(run.task, split, n, seed, run.teacher), encoder, None)
-            if split in cached:
+            if cache_key(split, by) in cached:  # only a by-answer entry predates the norms
                 cached[split]["norms"] = site_norms(run.model, subspace_bases(*answer, seed), run.intervene_at, arrays,
                                                     *interchange_pairs(arrays, seed))
             else:
-                cached[split] = interchange_test(run.model, *answer, run.intervene_at, arrays, seed=seed)
+                cached[cache_key(split, by)] = interchange_test(run.model, *answer, run.intervene_at, arrays,
+                                                                seed=seed, by=by)
         cache_file.write_text(json.dumps(cached, indent=2) + "\n")
         jax.clear_caches()  # each run compiles its own model: free them, or a long list of runs runs out of memory
-    return {s: cached[s] for s in splits}
+    return {s: cached[cache_key(s, by)] for s in splits}
 
 
 def columns(result: dict[str, Any]) -> dict[str, float]:
@@ -93,11 +103,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="evaluated run directories with an adapter")
     parser.add_argument("--splits", nargs="+", default=["test"], help="evaluation splits (default: test)")
+    parser.add_argument("--by", choices=("answer", "prediction"), default="answer",
+                        help="pair and score examples by their right first answer token (default) or by the run's "
+                             "own clean prediction (reads OOD splits without counting the run's errors)")
     args = parser.parse_args()
     per_config: dict[str, list[dict[str, float]]] = defaultdict(list)
     cols: list[str] = []
     for run_dir in args.runs:
-        results = run_interchange(run_dir, args.splits)
+        results = run_interchange(run_dir, args.splits, args.by)
         row = {f"{split} {c}": v for split, r in results.items() for c, v in columns(r).items()}
         if not cols:
             cols = list(row)

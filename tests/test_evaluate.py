@@ -370,6 +370,10 @@ def test_interchange_follows_the_donor_exactly_where_the_answer_lives(setup):
     assert norms["answer_swap_at_marker"] == pytest.approx(np.sqrt(2), rel=1e-5)
     assert norms["median_residual"] == pytest.approx(ev.residual_norms(student, arrays, 2)[0], rel=1e-5)
     assert norms["random_swap_at_marker"] < 0.5 * norms["answer_swap_at_marker"]
+    # the student answers every example right, so pairing by its predictions is pairing by the answers
+    by_pred = ev.interchange_test(student, identity_adapter(student), teacher.answer_dims, 2, 2, arrays,
+                                  batch_size=64, by="prediction")
+    assert {k: v for k, v in by_pred.items() if k != "by"} == {k: v for k, v in res.items() if k != "by"}
 
 
 @pytest.mark.parametrize("at", [1, 2])  # 2 = the final residual: the full-logits path
@@ -380,6 +384,8 @@ def test_interchange_of_the_whole_space_is_the_donors_own_forward_pass(at):
 
     cfg = ModelConfig(family="gpt2", vocab_size=8, d_model=16, n_layers=2, n_heads=2, max_position_embeddings=32)
     model = create_model(cfg, 1)
+    # weights 6x their initial size, so that the predictions depend on the input (at init they are all alike)
+    nnx.update(model, jax.tree.map(lambda x: 6 * x, nnx.state(model, nnx.Param)))
     arrays = encode_examples(FakeTask().examples("test", 60, 3), PieceEncoder(FakeTokenizer()), None)
     receivers, donors = ev.interchange_pairs(arrays, seed=0)
     logits = np.asarray(model(jnp.asarray(arrays.inputs)).logits)
@@ -391,6 +397,16 @@ def test_interchange_of_the_whole_space_is_the_donors_own_forward_pass(at):
     assert res["clean"]["receiver"] == pytest.approx(np.mean(clean_pred[receivers] == first[receivers]))
     assert res["prompt"]["answer"]["donor"] == pytest.approx(np.mean(clean_pred[donors] == first[donors]))
     assert res["prompt"]["complement"]["receiver"] == res["clean"]["receiver"]  # nothing outside the whole space
+    # paired by the model's own predictions: the whole-space swap hands over the donor's prediction, always
+    by_pred = ev.interchange_test(model, whole, np.arange(16), 0, at, arrays, batch_size=16, by="prediction")
+    receivers, donors = ev.interchange_pairs(arrays, seed=0, first=clean_pred)
+    assert by_pred["by"] == "prediction" and by_pred["n_pairs"] == len(receivers) > 10
+    assert np.all(clean_pred[receivers] != clean_pred[donors])
+    assert by_pred["clean"] == {"receiver": 1.0, "donor": 0.0}
+    assert by_pred["prompt"]["answer"] == {"donor": 1.0, "receiver": 0.0}
+    assert by_pred["prompt"]["complement"] == {"donor": 0.0, "receiver": 1.0}
+    with pytest.raises(ValueError, match="'answer' or 'prediction'"):
+        ev.interchange_test(model, whole, np.arange(16), 0, at, arrays, by="label")
 
 
 def test_decoding_at_the_marker_and_at_the_written_layer(setup):
@@ -621,6 +637,11 @@ def test_interchange_script_caches_per_split_and_refuses_a_baseline(tmp_path, mo
     monkeypatch.setattr(ich, "load_run", lambda d: _fake_run(False))
     monkeypatch.setattr(ich, "interchange_test", no_reload)
     assert ich.run_interchange(run_dir, ["test"])["test"]["norms"] == pytest.approx(first["norms"])
+    # paired by prediction: its own entry beside the by-answer one, which stays
+    monkeypatch.setattr(ich, "interchange_test", ev.interchange_test)
+    by_pred = ich.run_interchange(run_dir, ["test"], by="prediction")["test"]
+    assert by_pred["by"] == "prediction" and by_pred["clean"]["receiver"] == 1.0
+    assert set(json.loads((run_dir / ich.CACHE).read_text())) == {"test", "test by prediction"}
     (run_dir / ich.CACHE).unlink()
     monkeypatch.setattr(ich, "load_run", lambda d: SimpleNamespace(**{**vars(_fake_run(True)), "adapter": None}))
     with pytest.raises(SystemExit, match="baseline run has no adapter"):

@@ -18,6 +18,10 @@ receiver's own. An answer held in the subspace reads: `answer` follows the donor
 `complement` keep the receiver's answer. `norms` gives the sizes that set this beside the noise test: the
 median residual norm (the noise test's unit) and, at the marker, the median norm of the swap in each
 subspace (the donor's part minus the receiver's).
+
+`by="prediction"` pairs and scores by each example's clean prediction instead of its right answer: on an OOD
+split the student's own errors then do not count against the subspace, and a split whose right answers are
+all alike (almost-balanced: always "no") still has pairs wherever the student answers differently.
 """
 
 from __future__ import annotations
@@ -45,10 +49,12 @@ def marker_and_first(arrays: TaskArrays) -> tuple[np.ndarray, np.ndarray]:
     return marker, arrays.targets[np.arange(len(arrays)), marker]
 
 
-def interchange_pairs(arrays: TaskArrays, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def interchange_pairs(arrays: TaskArrays, seed: int = 0,
+                      first: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(receiver rows, donor rows): each row with a random partner whose prompt has the same length and whose
-    first answer token differs; rows without one are left out."""
-    marker, first = marker_and_first(arrays)
+    first answer token (`first`, default the right one) differs; rows without one are left out."""
+    marker, right = marker_and_first(arrays)
+    first = right if first is None else np.asarray(first)
     has_answer = arrays.answer_valid[:, 0] > 0
     rng = np.random.default_rng(seed)
     receivers, donors = [], []
@@ -112,12 +118,15 @@ def interchange_test(
     *,
     batch_size: int = 32,
     seed: int = 0,
+    by: str = "answer",
 ) -> dict[str, Any]:
-    """How often the first answer token follows the donor's answer subspace (module docstring)."""
+    """How often the first answer token follows the donor's answer subspace (module docstring); `by`: pair and
+    score by the right first answer token ("answer") or by the student's clean prediction ("prediction")."""
+    if by not in ("answer", "prediction"):
+        raise ValueError(f"interchange pairs examples by 'answer' or 'prediction', not {by!r}")
     bases = subspace_bases(adapter, answer_dims, top_layer, seed)
     answer_basis, rand_basis = bases["answer"], bases["random"]
     k = answer_basis.shape[1]
-    receivers, donors = interchange_pairs(arrays, seed)
     n_layers = model.config.n_layers
 
     def predict(m: nnx.Module, ids, ids_donor, marker, where, basis, complement):
@@ -145,11 +154,15 @@ def interchange_test(
             out.append(np.asarray(run(*cols, basis, jnp.float32(complement)))[: len(r)])
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
+    if by == "prediction":  # every row's clean prediction first: no swap, each row its own donor
+        receivers = donors = np.arange(len(arrays))
+        first = predictions(None, answer_basis, 0.0)
+    receivers, donors = interchange_pairs(arrays, seed, first)
     own, theirs = first[receivers], first[donors]
     share = lambda pred, target: float(np.mean(pred == target)) if len(pred) else None
     clean = predictions(None, answer_basis, 0.0)
     result: dict[str, Any] = {"n": len(arrays), "n_pairs": int(len(receivers)), "dim": int(k), "student_index": int(at),
-                              "clean": {"receiver": share(clean, own), "donor": share(clean, theirs)}}
+                              "by": by, "clean": {"receiver": share(clean, own), "donor": share(clean, theirs)}}
     for site in SITES:
         result[site] = {}
         for part, basis, complement in (("answer", answer_basis, 0.0), ("random", rand_basis, 0.0),
