@@ -72,7 +72,7 @@ def run_interchange(run_dir: Path, splits: list[str], by: str = "answer") -> dic
         answer = (run.adapter, run.teacher.answer_dims, run.teacher.n_layers)
         for split in todo:
             arrays = encode_examples(split_examples(run.task, split, n, seed, run.teacher), encoder, None)
-            if cache_key(split, by) in cached:  # only a by-answer entry predates the norms
+            if by == "answer" and split in cached:  # only a by-answer entry predates the norms
                 cached[split]["norms"] = site_norms(run.model, subspace_bases(*answer, seed), run.intervene_at, arrays,
                                                     *interchange_pairs(arrays, seed))
             else:

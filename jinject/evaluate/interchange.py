@@ -145,7 +145,8 @@ def interchange_test(
     masks = {"prompt": (positions <= marker[:, None]).astype(np.float32),
              "marker": (positions == marker[:, None]).astype(np.float32)}
 
-    def predictions(site: str | None, basis: jax.Array, complement: float) -> np.ndarray:
+    def predictions(receivers: np.ndarray, donors: np.ndarray, site: str | None, basis: jax.Array,
+                    complement: float) -> np.ndarray:
         out = []
         for sl in batches(len(receivers), batch_size):
             r, dn = receivers[sl], donors[sl]
@@ -154,20 +155,20 @@ def interchange_test(
             out.append(np.asarray(run(*cols, basis, jnp.float32(complement)))[: len(r)])
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
-    if by == "prediction":  # every row's clean prediction first: no swap, each row its own donor
-        receivers = donors = np.arange(len(arrays))
-        first = predictions(None, answer_basis, 0.0)
+    rows = np.arange(len(arrays))
+    clean_all = predictions(rows, rows, None, answer_basis, 0.0)  # no swap: every row's own prediction
+    if by == "prediction":
+        first = clean_all
     receivers, donors = interchange_pairs(arrays, seed, first)
-    own, theirs = first[receivers], first[donors]
+    own, theirs, clean = first[receivers], first[donors], clean_all[receivers]
     share = lambda pred, target: float(np.mean(pred == target)) if len(pred) else None
-    clean = predictions(None, answer_basis, 0.0)
     result: dict[str, Any] = {"n": len(arrays), "n_pairs": int(len(receivers)), "dim": int(k), "student_index": int(at),
                               "by": by, "clean": {"receiver": share(clean, own), "donor": share(clean, theirs)}}
     for site in SITES:
         result[site] = {}
         for part, basis, complement in (("answer", answer_basis, 0.0), ("random", rand_basis, 0.0),
                                         ("complement", answer_basis, 1.0)):
-            pred = predictions(site, basis, complement)
+            pred = predictions(receivers, donors, site, basis, complement)
             result[site][part] = {"donor": share(pred, theirs), "receiver": share(pred, own)}
     result["norms"] = site_norms(model, bases, at, arrays, receivers, donors, batch_size)
     return result
