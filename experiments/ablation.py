@@ -96,6 +96,10 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "all-fixes+stride2+offset6": ("the chosen settings with teacher layer i <-> hidden state 6 + 2i (15 blocks after "
                                   "the intervention); run after the freeze, between the chosen row and offset 14",
                                   {**CHOSEN_FIELDS, "layer_offset": 6}),
+    "all-fixes+stride2+offset6+align0.3": ("offset 6 with the alignment weighted 0.3 instead of 1 (the KL to the "
+                                          "original weighs relatively more); run after the freeze, because the "
+                                          "new-pair loss comes with the alignment, not the intervention",
+                                          {**CHOSEN_FIELDS, "layer_offset": 6, "align_weight": 0.3}),
     "all-fixes+stride2+gate": ("the chosen settings, intervening only on batches whose answer the subspace already "
                                "reads at the marker for >= 0.95 of the examples (the decoding target); run after "
                                "the freeze, because count's subspace holds its answer only approximately",
