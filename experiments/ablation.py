@@ -100,9 +100,10 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                           "original weighs relatively more); run after the freeze, because the "
                                           "new-pair loss comes with the alignment, not the intervention",
                                           {**CHOSEN_FIELDS, "layer_offset": 6, "align_weight": 0.3}),
-    "all-fixes+stride2+offset6+align0.1": ("offset 6 with the alignment weighted 0.1; the second step of the row "
-                                          "above, set before its runs",
-                                          {**CHOSEN_FIELDS, "layer_offset": 6, "align_weight": 0.1}),
+    "all-fixes+stride2+offset6+align3": ("offset 6 with the alignment weighted 3; the second step of the row "
+                                        "above, set before its runs, after λ = 0.3 lowered the decoding of the "
+                                        "counts at the marker",
+                                        {**CHOSEN_FIELDS, "layer_offset": 6, "align_weight": 3.0}),
     "all-fixes+stride2+gate": ("the chosen settings, intervening only on batches whose answer the subspace already "
                                "reads at the marker for >= 0.95 of the examples (the decoding target); run after "
                                "the freeze, because count's subspace holds its answer only approximately",
