@@ -736,8 +736,10 @@ def test_ablation_configs_and_table(tmp_path, capsys):
     assert abl.make_config(preset, "+frame-bos", 1).task_options["bos"] is True
     assert abl.make_config(preset, "baseline", 0).variant == "baseline"
     assert abl.make_config(preset, "today", 0).layer_stride == 1  # the ablation starts from before the choice
-    weaker = abl.make_config(preset, "all-fixes+stride2+offset6+align0.3", 0)  # only λ differs from offset 6
-    assert weaker == replace(abl.make_config(preset, "all-fixes+stride2+offset6", 0), align_weight=0.3)
+    offset6 = abl.make_config(preset, "all-fixes+stride2+offset6", 0)
+    for lam in ("0.3", "3"):  # the align-weight rows: only λ differs from offset 6
+        assert abl.make_config(preset, f"all-fixes+stride2+offset6+align{lam}", 0) == replace(
+            offset6, align_weight=float(lam))
     # on another task: the chosen settings with one part taken out; the dyck-bound rows refuse with the fix
     count = abl.make_config(preset, "all-fixes+stride2-intervene", 0, "count")
     assert (count.task, count.intervene, count.align, count.layer_stride) == ("count", False, True, 2)
