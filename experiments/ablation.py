@@ -104,6 +104,9 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                         "above, set before its runs, after λ = 0.3 lowered the decoding of the "
                                         "counts at the marker",
                                         {**CHOSEN_FIELDS, "layer_offset": 6, "align_weight": 3.0}),
+    "all-fixes+stride2+offset6+align10": ("offset 6 with the alignment weighted 10; the third step, set before its "
+                                         "runs, because λ = 3 left the counts' decoding at the marker below 0.95",
+                                         {**CHOSEN_FIELDS, "layer_offset": 6, "align_weight": 10.0}),
     "all-fixes+stride2+gate": ("the chosen settings, intervening only on batches whose answer the subspace already "
                                "reads at the marker for >= 0.95 of the examples (the decoding target); run after "
                                "the freeze, because count's subspace holds its answer only approximately",

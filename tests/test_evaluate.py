@@ -737,7 +737,7 @@ def test_ablation_configs_and_table(tmp_path, capsys):
     assert abl.make_config(preset, "baseline", 0).variant == "baseline"
     assert abl.make_config(preset, "today", 0).layer_stride == 1  # the ablation starts from before the choice
     offset6 = abl.make_config(preset, "all-fixes+stride2+offset6", 0)
-    for lam in ("0.3", "3"):  # the align-weight rows: only λ differs from offset 6
+    for lam in ("0.3", "3", "10"):  # the align-weight rows: only λ differs from offset 6
         assert abl.make_config(preset, f"all-fixes+stride2+offset6+align{lam}", 0) == replace(
             offset6, align_weight=float(lam))
     # on another task: the chosen settings with one part taken out; the dyck-bound rows refuse with the fix
